@@ -1,0 +1,144 @@
+"""Boundary losses: the gradient (edge) loss and the boundary loss of Kervadec et al.
+
+Both work on `[B, *spatial, C]` (any number of spatial axes).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.losses._common import (
+    REDUCTIONS,
+    as_float32,
+    check_choice,
+    check_class_labels,
+    class_targets,
+    safe_divide,
+)
+
+OPERATORS = ("forward", "central", "sobel")
+
+
+def _window(x, axis: int, start: int, stop_from_end: int):
+    return jax.lax.slice_in_dim(x, start, x.shape[axis] - stop_from_end, axis=axis)
+
+
+def _footprint(valid, axis: int, width: int):
+    """Product of `valid` over windows of `width` along `axis` (valid-mode, no padding)."""
+    out = _window(valid, axis, 0, width - 1)
+    for offset in range(1, width):
+        out = out * _window(valid, axis, offset, width - 1 - offset)
+    return out
+
+
+def spatial_derivative(x, valid, axis: int, spatial_axes: Sequence[int], operator: str):
+    """Derivative of `x` `[B, *S, C]` along `axis`, with the weight of each output position.
+
+    Convention: no padding. Each output position exists only where the operator's whole
+    footprint lies inside the image, and its weight is the product of the pixel weights
+    (`valid` `[B, *S]`) over that footprint, so a difference touching an ignored pixel counts 0.
+      forward: `x[i + 1] - x[i]`, size S - 1 along `axis`;
+      central: `(x[i + 1] - x[i - 1]) / 2`, size S - 2 along `axis`;
+      sobel:   central difference smoothed by `[1, 2, 1] / 4` along every other spatial axis,
+               size S - 2 along every spatial axis (the normalised Sobel kernel).
+    All three give slope 1 on a unit ramp.
+    """
+    if operator == "forward":
+        return _window(x, axis, 1, 0) - _window(x, axis, 0, 1), _footprint(valid, axis, 2)
+    derivative = (_window(x, axis, 2, 0) - _window(x, axis, 0, 2)) / 2.0
+    weight = _footprint(valid, axis, 3)
+    if operator == "sobel":
+        for other in spatial_axes:
+            if other != axis:
+                derivative = (
+                    _window(derivative, other, 0, 2) + 2.0 * _window(derivative, other, 1, 1)
+                    + _window(derivative, other, 2, 0)
+                ) / 4.0
+                weight = _footprint(weight, other, 3)
+    return derivative, weight
+
+
+def gradient_terms(probs, targets, valid, *, operator: str, p: int):
+    """Per image: (sum of weighted `|grad(probs) - grad(targets)|^p`, number of weighted entries)."""
+    difference = probs - targets  # derivatives are linear: grad(P) - grad(Y) = grad(P - Y)
+    spatial_axes = tuple(range(1, probs.ndim - 1))
+    num_classes = probs.shape[-1]
+    total = jnp.zeros(probs.shape[0], jnp.float32)
+    count = jnp.zeros(probs.shape[0], jnp.float32)
+    for axis in spatial_axes:
+        derivative, weight = spatial_derivative(difference, valid, axis, spatial_axes, operator)
+        penalty = jnp.abs(derivative) if p == 1 else derivative * derivative
+        image_axes = tuple(range(1, derivative.ndim))
+        total = total + jnp.sum(penalty * weight[..., None], axis=image_axes)
+        count = count + num_classes * jnp.sum(weight, axis=image_axes[:-1])
+    return total, count
+
+
+def gradient_loss(
+    logits,
+    labels,
+    *,
+    operator: str = "forward",
+    p: int = 2,
+    ignore_index=None,
+    mask=None,
+    reduction: str = "mean",
+):
+    """Gradient (edge) loss: the mismatch between the spatial gradients of the softmax
+    probabilities and of the one-hot (or soft) target.
+
+    `mean over axes, positions and classes of |D_a softmax(x) - D_a y|^p`, with `D_a` the
+    forward difference, central difference or normalised Sobel derivative along each spatial
+    axis (see `spatial_derivative` for the no-padding convention), p=2 (squared, L2) or 1 (L1).
+
+    Args:
+      logits: `[B, *spatial, C]`; labels: int `[B, *spatial]` or float `[B, *spatial, C]`.
+      ignore_index / mask: a derivative whose footprint touches an ignored pixel counts 0.
+      reduction: "mean" (over every counted entry of the batch), "sum", or "none" (`[B]`,
+        the mean per image).
+    """
+    check_choice("operator", operator, OPERATORS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("p", p, (1, 2))
+    check_class_labels(logits, labels)
+    x = as_float32(logits)
+    if x.ndim < 3:
+        raise ValueError(f"gradient_loss needs logits [B, *spatial, C]; got shape {x.shape}")
+    minimum = 2 if operator == "forward" else 3
+    if any(size < minimum for size in x.shape[1:-1]):
+        raise ValueError(f"operator {operator!r} needs spatial sizes >= {minimum}; got {x.shape[1:-1]}")
+    t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
+    total, count = gradient_terms(jax.nn.softmax(x), t.targets, t.valid, operator=operator, p=p)
+    if reduction == "none":
+        return safe_divide(total, count)
+    return jnp.sum(total) if reduction == "sum" else safe_divide(jnp.sum(total), jnp.sum(count))
+
+
+def select_classes(x, classes):
+    return x if classes is None else x[..., jnp.asarray(classes, jnp.int32)]
+
+
+def boundary_loss(logits, distance_maps, *, classes: Sequence[int] | None = None, reduction: str = "mean"):
+    """Boundary loss (Kervadec et al., MIDL 2019): `mean(softmax(logits) * distance_maps)`.
+
+    Args:
+      logits: `[B, *spatial, C]`.
+      distance_maps: `[B, *spatial, C]` signed distances to each class boundary (negative
+        inside, positive outside, 0 for classes absent from the image), precomputed on the
+        data side with `signed_distance_maps`.
+      classes: the classes summed (the paper uses the foreground ones); default all.
+      reduction: "mean" over batch, space and the selected classes, "sum", or "none"
+        (elementwise `[B, *spatial, C']`).
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    x = as_float32(logits)
+    if jnp.shape(distance_maps) != x.shape:
+        raise ValueError(f"distance_maps must have the logits' shape {x.shape}; got {jnp.shape(distance_maps)}")
+    distances = jnp.asarray(distance_maps, jnp.float32)
+    loss = select_classes(jax.nn.softmax(x), classes) * select_classes(distances, classes)
+    if reduction == "none":
+        return loss
+    return jnp.sum(loss) if reduction == "sum" else jnp.mean(loss)

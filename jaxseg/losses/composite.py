@@ -1,0 +1,142 @@
+"""The composed segmentation loss: a weighted sum of terms sharing one softmax.
+
+Term weights and continuous options are arrays, so a stacked pytree of K settings under
+`jax.vmap` gives K loss variants in one program (the basis of loss ablations). Which terms
+exist is static (the keys of `weights`); a term is never switched on or off by a traced value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.losses._common import as_float32, check_choice, check_class_labels, class_targets, logsumexp, safe_divide
+from jaxseg.losses.boundary import OPERATORS, gradient_terms, select_classes
+from jaxseg.losses.classification import check_class_weights, cross_entropy_terms, softmax_focal_terms
+from jaxseg.losses.lovasz import lovasz_softmax_terms
+from jaxseg.losses.region import RegionInputs, tversky_family_loss
+
+TERMS = ("ce", "focal", "dice", "jaccard", "tversky", "lovasz", "gradient", "boundary")
+PROBABILITY_TERMS = frozenset(TERMS) - {"ce", "focal"}
+
+
+def segmentation_loss(
+    logits,
+    labels,
+    weights: Mapping[str, Any],
+    *,
+    class_weights=None,
+    label_smoothing=0.0,
+    focal_gamma=2.0,
+    tversky_alpha=0.5,
+    tversky_beta=0.5,
+    dice_smooth=0.0,
+    ignore_index=None,
+    mask=None,
+    per_image: bool = False,
+    gradient_operator: str = "forward",
+    gradient_p: int = 2,
+    distance_maps=None,
+    boundary_classes: Sequence[int] | None = None,
+):
+    """Weighted sum of segmentation loss terms on one softmax.
+
+    Args:
+      logits: `[B, ..., C]`, any float dtype; labels: int `[B, ...]` or float `[B, ..., C]`.
+      weights: term name -> weight (float or array), names from `TERMS`:
+        "ce" `cross_entropy` (class_weights, label_smoothing), "focal" multiclass
+        `focal_loss` (focal_gamma, class_weights), "dice" / "jaccard" `dice_loss` /
+        `jaccard_loss` (dice_smooth), "tversky" `tversky_loss` (tversky_alpha, tversky_beta),
+        "lovasz" `lovasz_loss`, "gradient" `gradient_loss` (gradient_operator, gradient_p),
+        "boundary" `boundary_loss` (distance_maps, boundary_classes).
+      class_weights, label_smoothing, focal_gamma, tversky_alpha, tversky_beta, dice_smooth:
+        arrays or floats; vmappable.
+      ignore_index, mask: shared by every term.
+      per_image: per-image region and Lovász terms (then averaged over the batch).
+
+    Returns:
+      (total, terms): the float32 weighted sum and a dict of each unweighted term (scalars).
+      Each term equals the standalone loss with the same options and reduction="mean".
+    """
+    unknown = set(weights) - set(TERMS)
+    if unknown:
+        raise ValueError(f"unknown loss terms {sorted(unknown)}; known terms are {TERMS}")
+    if "boundary" in weights and distance_maps is None:
+        raise ValueError("the 'boundary' term needs distance_maps (see signed_distance_maps)")
+    check_choice("gradient_operator", gradient_operator, OPERATORS)
+    check_class_labels(logits, labels)
+    x = as_float32(logits)
+    num_classes = x.shape[-1]
+    class_weights = check_class_weights(class_weights, num_classes)
+    t = class_targets(labels, num_classes, ignore_index=ignore_index, mask=mask)
+    lse = logsumexp(x)
+
+    terms = {}
+    if "ce" in weights:
+        loss, norm = cross_entropy_terms(x, lse, t, class_weights, label_smoothing)
+        terms["ce"] = safe_divide(jnp.sum(loss), jnp.sum(norm))
+    if "focal" in weights:
+        loss, norm = softmax_focal_terms(x, lse, t, class_weights, focal_gamma, None)
+        terms["focal"] = safe_divide(jnp.sum(loss), jnp.sum(norm))
+    if PROBABILITY_TERMS & set(weights):
+        probs = jnp.exp(x - lse[..., None])
+        valid = t.valid[..., None]
+        region = RegionInputs(probs * valid, t.targets * valid, t.labels is not None)
+        region_options = dict(smooth=dice_smooth, per_image=per_image)
+        if "dice" in weights:
+            terms["dice"] = jnp.mean(tversky_family_loss(region, alpha=0.5, beta=0.5, **region_options))
+        if "jaccard" in weights:
+            terms["jaccard"] = jnp.mean(tversky_family_loss(region, alpha=1.0, beta=1.0, **region_options))
+        if "tversky" in weights:
+            terms["tversky"] = jnp.mean(
+                tversky_family_loss(region, alpha=tversky_alpha, beta=tversky_beta, **region_options)
+            )
+        if "lovasz" in weights:
+            fg = t.targets * (t.valid > 0)[..., None]
+            terms["lovasz"] = jnp.mean(lovasz_softmax_terms(probs, fg, t.valid, per_image=per_image))
+        if "gradient" in weights:
+            total, count = gradient_terms(probs, t.targets, t.valid, operator=gradient_operator, p=gradient_p)
+            terms["gradient"] = safe_divide(jnp.sum(total), jnp.sum(count))
+        if "boundary" in weights:
+            distances = jnp.asarray(distance_maps, jnp.float32)
+            terms["boundary"] = jnp.mean(select_classes(probs, boundary_classes) * select_classes(distances, boundary_classes))
+
+    total = sum(jnp.asarray(weights[name], jnp.float32) * value for name, value in terms.items())
+    return total, terms
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationLoss:
+    """`segmentation_loss` with its options bound; a pytree whose array fields are leaves.
+
+    Stack K instances (`jax.tree.map(lambda *v: jnp.stack(v), *losses)`) and `jax.vmap` over
+    them to evaluate K loss variants at once; the static fields must agree.
+    """
+
+    weights: Mapping[str, Any]
+    class_weights: Any = None
+    label_smoothing: Any = 0.0
+    focal_gamma: Any = 2.0
+    tversky_alpha: Any = 0.5
+    tversky_beta: Any = 0.5
+    dice_smooth: Any = 0.0
+    ignore_index: int | None = None
+    per_image: bool = False
+    gradient_operator: str = "forward"
+    gradient_p: int = 2
+    boundary_classes: tuple[int, ...] | None = None
+
+    def __call__(self, logits, labels, *, mask=None, distance_maps=None):
+        options = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        weights = options.pop("weights")
+        return segmentation_loss(logits, labels, weights, mask=mask, distance_maps=distance_maps, **options)
+
+
+jax.tree_util.register_dataclass(
+    SegmentationLoss,
+    data_fields=["weights", "class_weights", "label_smoothing", "focal_gamma", "tversky_alpha", "tversky_beta", "dice_smooth"],
+    meta_fields=["ignore_index", "per_image", "gradient_operator", "gradient_p", "boundary_classes"],
+)

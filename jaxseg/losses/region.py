@@ -1,0 +1,306 @@
+"""Region (overlap) losses: Dice, Jaccard, Tversky (smp 0.5) and generalized Dice (MONAI).
+
+smp semantics by default: sums over batch and space together (one score per class), the
+soft-label L1 form of the overlap, classes absent from the target masked to 0 but kept in the
+class mean. `per_image=True` sums over space only and gives one loss per image.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.losses._common import (
+    MODES,
+    REDUCTIONS,
+    as_float32,
+    check_choice,
+    check_class_labels,
+    class_targets,
+    elementwise_targets,
+    reduce_per_image,
+    sigmoid_targets,
+)
+from jaxseg.losses.classification import check_class_weights
+
+
+class RegionInputs(NamedTuple):
+    """Probabilities and targets `[B, ..., C]`, both zeroed where invalid; `hard` when the
+    targets are known to be 0/1 (integer labels)."""
+
+    probs: jax.Array
+    targets: jax.Array
+    hard: bool
+
+
+class Overlap(NamedTuple):
+    """Soft confusion sums per class (`[C]` or `[B, C]`)."""
+
+    tp: jax.Array
+    fp: jax.Array
+    fn: jax.Array
+    target_sum: jax.Array
+
+
+def region_inputs(logits, labels, *, mode, from_logits, ignore_index, mask) -> RegionInputs:
+    """Activation (softmax or sigmoid unless `from_logits=False`) and masked targets."""
+    check_choice("mode", mode, MODES)
+    x = as_float32(logits)
+    if mode == "multiclass":
+        check_class_labels(logits, labels)
+        t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
+        probs = jax.nn.softmax(x) if from_logits else x
+        valid = t.valid[..., None]
+        return RegionInputs(probs * valid, t.targets * valid, t.labels is not None)
+    labels = elementwise_targets(x, labels, mode)
+    targets, valid = sigmoid_targets(labels, ignore_index=ignore_index, mask=mask)
+    probs = jax.nn.sigmoid(x) if from_logits else x
+    return RegionInputs(probs * valid, targets * valid, not jnp.issubdtype(labels.dtype, jnp.floating))
+
+
+def reduce_axes(ndim: int, per_image: bool) -> tuple[int, ...]:
+    """Axes summed for one score: all but the class axis, or also keeping the batch axis."""
+    if per_image and ndim < 3:
+        raise ValueError(f"per_image needs inputs [B, ..., C] with a spatial axis; got rank {ndim}")
+    return tuple(range(1 if per_image else 0, ndim - 1))
+
+
+def overlap(inputs: RegionInputs, axes, *, squared: bool = False) -> Overlap:
+    """Soft TP/FP/FN with the L1 (or, squared, L2) form of JDTLoss used by smp >= 0.4 and MONAI:
+    `tp = (|x|_p^p + |y|_p^p - |x - y|_p^p) / 2`, `fp = |x|_p^p - tp`, `fn = |y|_p^p - tp`.
+
+    For 0/1 targets and x in [0, 1] the L1 form equals `sum(x * y)`; that cheaper identity is
+    used when the targets are integer labels.
+    """
+    x, y = inputs.probs, inputs.targets
+    power = (lambda v: v * v) if squared else (lambda v: v)
+    sum_x = jnp.sum(power(x), axis=axes)
+    sum_y = jnp.sum(power(y), axis=axes)
+    if inputs.hard:
+        tp = jnp.sum(x * y, axis=axes)
+    else:
+        difference = jnp.sum(power(jnp.abs(x - y)), axis=axes)
+        tp = (sum_x + sum_y - difference) / 2.0
+    return Overlap(tp, sum_x - tp, sum_y - tp, jnp.sum(y, axis=axes))
+
+
+def tversky_score(stats: Overlap, *, alpha, beta, smooth, eps):
+    """smp's `soft_tversky_score`: `(tp + s) / max(tp + alpha fp + beta fn + s, eps)`."""
+    denominator = stats.tp + alpha * stats.fp + beta * stats.fn + smooth
+    return (stats.tp + smooth) / jnp.maximum(denominator, eps)
+
+
+def class_mean(per_class, class_weights, classes):
+    """Mean over the class axis, or smp's weighted mean `sum(w L) / sum(w)`, after selecting
+    `classes` (weights are given for all classes and selected with them)."""
+    if classes is not None:
+        index = jnp.asarray(classes, jnp.int32)
+        per_class = per_class[..., index]
+        class_weights = None if class_weights is None else class_weights[index]
+    if class_weights is None:
+        return jnp.mean(per_class, axis=-1)
+    return jnp.sum(per_class * class_weights, axis=-1) / jnp.sum(class_weights)
+
+
+def safe_power(value, exponent):
+    """`value ** exponent` for value >= 0 with a finite gradient at value == 0."""
+    positive = value > 0
+    return jnp.where(positive, jnp.where(positive, value, 1.0) ** exponent, 0.0)
+
+
+def tversky_family_loss(
+    inputs: RegionInputs,
+    *,
+    alpha,
+    beta,
+    gamma=1.0,
+    classes: Sequence[int] | None = None,
+    log_loss: bool = False,
+    smooth=0.0,
+    eps: float = 1e-7,
+    class_weights=None,
+    per_image: bool = False,
+    squared: bool = False,
+):
+    """Shared core of Dice (alpha=beta=0.5), Jaccard (1, 1) and Tversky: `[]` or `[B]` losses."""
+    stats = overlap(inputs, reduce_axes(inputs.probs.ndim, per_image), squared=squared)
+    score = tversky_score(stats, alpha=alpha, beta=beta, smooth=smooth, eps=eps)
+    per_class = -jnp.log(jnp.maximum(score, eps)) if log_loss else 1.0 - score
+    per_class = per_class * (stats.target_sum > 0)
+    loss = class_mean(per_class, check_class_weights(class_weights, per_class.shape[-1]), classes)
+    return loss if isinstance(gamma, (int, float)) and gamma == 1 else safe_power(loss, gamma)
+
+
+def _region_loss(logits, labels, *, mode, from_logits, ignore_index, mask, reduction, **options):
+    check_choice("reduction", reduction, REDUCTIONS)
+    if options["classes"] is not None and mode == "binary":
+        raise ValueError("classes selects channels; binary mode has one channel")
+    inputs = region_inputs(logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask)
+    return reduce_per_image(tversky_family_loss(inputs, **options), reduction)
+
+
+def dice_loss(
+    logits,
+    labels,
+    *,
+    mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
+    log_loss: bool = False,
+    from_logits: bool = True,
+    smooth=0.0,
+    eps: float = 1e-7,
+    ignore_index=None,
+    class_weights=None,
+    per_image: bool = False,
+    squared: bool = False,
+    mask=None,
+    reduction: str = "mean",
+):
+    """Soft Dice loss, smp 0.5 `DiceLoss` semantics.
+
+    Args:
+      logits: `[B, ..., C]` (binary mode: `[B, ..., 1]`); probabilities if `from_logits=False`.
+      labels: multiclass: int `[B, ...]` or float `[B, ..., C]`; binary: `[B, ...]` or
+        `[B, ..., 1]`; multilabel: `[B, ..., C]`.
+      mode: "multiclass" (softmax), "binary" or "multilabel" (sigmoid).
+      classes: channels kept in the class mean (selected after empty-class masking, as smp).
+      log_loss: `-log(max(score, eps))` instead of `1 - score`.
+      smooth, eps: `score = (I + smooth) / max(I + (FP + FN) / 2 + smooth, eps)`.
+      ignore_index: label whose pixels drop out of numerator and denominator.
+      class_weights: `[C]`, weighted class mean `sum(w L) / sum(w)` (smp main).
+      per_image: one score per image and class (sums over space only) instead of over the batch.
+      squared: squared-norm form (MONAI `squared_pred`): `2 sum(xy) / (sum x^2 + sum y^2)`.
+      mask: optional `[B, ...]` pixel weights applied to probabilities and targets.
+      reduction: over images when `per_image` ("none" -> `[B]`); batch-global losses are scalars.
+
+    Classes absent from the target get loss 0 but stay in the class mean (smp).
+    """
+    return _region_loss(
+        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
+        reduction=reduction, alpha=0.5, beta=0.5, classes=classes, log_loss=log_loss, smooth=smooth,
+        eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+    )
+
+
+def jaccard_loss(
+    logits,
+    labels,
+    *,
+    mode: str = "multiclass",
+    classes: Sequence[int] | None = None,
+    log_loss: bool = False,
+    from_logits: bool = True,
+    smooth=0.0,
+    eps: float = 1e-7,
+    ignore_index=None,
+    class_weights=None,
+    per_image: bool = False,
+    squared: bool = False,
+    mask=None,
+    reduction: str = "mean",
+):
+    """Soft Jaccard (IoU) loss, smp 0.5 `JaccardLoss`: `score = (I + s) / max(I + FP + FN + s, eps)`.
+
+    Options as `dice_loss` (ignore_index as on smp main).
+    """
+    return _region_loss(
+        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
+        reduction=reduction, alpha=1.0, beta=1.0, classes=classes, log_loss=log_loss, smooth=smooth,
+        eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+    )
+
+
+def tversky_loss(
+    logits,
+    labels,
+    *,
+    mode: str = "multiclass",
+    alpha=0.5,
+    beta=0.5,
+    gamma=1.0,
+    classes: Sequence[int] | None = None,
+    log_loss: bool = False,
+    from_logits: bool = True,
+    smooth=0.0,
+    eps: float = 1e-7,
+    ignore_index=None,
+    class_weights=None,
+    per_image: bool = False,
+    squared: bool = False,
+    mask=None,
+    reduction: str = "mean",
+):
+    """Tversky loss, smp 0.5 `TverskyLoss`: `score = (I + s) / max(I + alpha FP + beta FN + s, eps)`,
+    loss `(class mean of 1 - score) ** gamma` (smp applies gamma after the class mean; with
+    `per_image` it is applied per image). alpha weighs false positives, beta false negatives.
+
+    Options as `dice_loss`; alpha, beta and gamma may be arrays (traced).
+    """
+    return _region_loss(
+        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
+        reduction=reduction, alpha=alpha, beta=beta, gamma=gamma, classes=classes, log_loss=log_loss,
+        smooth=smooth, eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+    )
+
+
+GDL_WEIGHTS = ("square", "simple", "uniform")
+
+
+def generalized_dice_terms(inputs: RegionInputs, *, weight_type, smooth_nr, smooth_dr, include_background, per_image):
+    """MONAI `GeneralizedDiceLoss` core: `[B]` (per image) or `[]` losses."""
+    probs, targets = inputs.probs, inputs.targets
+    if not include_background and probs.shape[-1] > 1:
+        inputs = RegionInputs(probs[..., 1:], targets[..., 1:], inputs.hard)
+    stats = overlap(inputs, reduce_axes(inputs.probs.ndim, per_image))
+    ground = stats.target_sum
+    absent = ground == 0
+    safe_ground = jnp.where(absent, 1.0, ground)
+    if weight_type == "square":
+        weights = 1.0 / (safe_ground * safe_ground)
+    elif weight_type == "simple":
+        weights = 1.0 / safe_ground
+    else:
+        weights = jnp.ones_like(ground)
+    # MONAI replaces the infinite weight of an absent class by the largest finite weight
+    # (of the image, or of the batch when the sums include the batch).
+    weights = jnp.where(absent, 0.0, weights)
+    weights = jnp.where(absent, jnp.max(weights, axis=-1, keepdims=True), weights)
+    numerator = 2.0 * jnp.sum(stats.tp * weights, axis=-1) + smooth_nr
+    denominator = jnp.sum((2.0 * stats.tp + stats.fp + stats.fn) * weights, axis=-1) + smooth_dr
+    return 1.0 - numerator / denominator
+
+
+def generalized_dice_loss(
+    logits,
+    labels,
+    *,
+    weight_type: str = "square",
+    smooth_nr=1e-5,
+    smooth_dr=1e-5,
+    include_background: bool = True,
+    per_image: bool = True,
+    ignore_index=None,
+    mask=None,
+    reduction: str = "mean",
+):
+    """Generalized Dice loss (Sudre et al. 2017), MONAI
+    `GeneralizedDiceLoss(softmax=True, to_onehot_y=True, w_type=weight_type, batch=not per_image)`.
+
+    `1 - (2 sum_c w_c TP_c + nr) / (sum_c w_c (|x_c| + |y_c|) + dr)` with `w_c = 1 / |y_c|^2`
+    ("square"), `1 / |y_c|` ("simple") or 1; an absent class takes the largest weight of the
+    others. Soft targets use the L1 overlap (MONAI `soft_label=True`, equal for hard labels).
+    ignore_index and mask drop pixels from every sum (MONAI has neither).
+
+    Returns `[B]` with reduction="none" and per_image, else the reduced scalar.
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("weight_type", weight_type, GDL_WEIGHTS)
+    inputs = region_inputs(logits, labels, mode="multiclass", from_logits=True, ignore_index=ignore_index, mask=mask)
+    loss = generalized_dice_terms(
+        inputs, weight_type=weight_type, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+        include_background=include_background, per_image=per_image,
+    )
+    return reduce_per_image(loss, reduction)
+
