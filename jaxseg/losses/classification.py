@@ -88,10 +88,11 @@ def log1m_softmax(logits, lse):
         return jnp.full_like(logits, -1e30)
     top = jnp.argmax(logits, axis=-1)[..., None]
     is_top = jnp.arange(num_classes) == top
+    without_top = jnp.where(is_top, -jnp.inf, logits)  # masked before exp: no inf * 0 in the gradient
     max1 = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    max2 = jax.lax.stop_gradient(jnp.max(jnp.where(is_top, -jnp.inf, logits), axis=-1, keepdims=True))
+    max2 = jax.lax.stop_gradient(jnp.max(without_top, axis=-1, keepdims=True))
     rel1 = jnp.exp(logits - max1)
-    others_of_top = jnp.sum(jnp.where(is_top, 0.0, jnp.exp(logits - max2)), axis=-1, keepdims=True)
+    others_of_top = jnp.sum(jnp.exp(without_top - max2), axis=-1, keepdims=True)
     others = jnp.where(is_top, 1.0, jnp.sum(rel1, axis=-1, keepdims=True) - rel1)
     log_mass = jnp.where(is_top, jnp.log(others_of_top) + max2, jnp.log(others) + max1)
     return log_mass - lse[..., None]

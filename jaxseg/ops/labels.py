@@ -32,10 +32,16 @@ def valid_mask(labels, *, ignore_index=None, mask=None, dtype=jnp.float32):
         weight = jnp.where(labels == ignore_index, jnp.zeros((), dtype), weight)
     if mask is not None:
         mask = jnp.asarray(mask)
-        if not jnp.broadcast_shapes(mask.shape, weight.shape) == weight.shape:
+        if not _broadcasts_to(mask.shape, weight.shape):
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to labels {weight.shape}")
         weight = weight * mask.astype(dtype)
     return weight
+
+
+def _broadcasts_to(shape, target) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
 
 
 def one_hot(labels, num_classes: int, *, dtype=jnp.float32):
