@@ -18,6 +18,7 @@ from jaxseg.losses._common import (
     class_targets,
     safe_divide,
 )
+from jaxseg.losses._softmax import softmax_stats
 
 OPERATORS = ("forward", "central", "sobel")
 
@@ -138,7 +139,26 @@ def boundary_loss(logits, distance_maps, *, classes: Sequence[int] | None = None
     if jnp.shape(distance_maps) != x.shape:
         raise ValueError(f"distance_maps must have the logits' shape {x.shape}; got {jnp.shape(distance_maps)}")
     distances = jnp.asarray(distance_maps, jnp.float32)
-    loss = select_classes(jax.nn.softmax(x), classes) * select_classes(distances, classes)
     if reduction == "none":
-        return loss
-    return jnp.sum(loss) if reduction == "sum" else jnp.mean(loss)
+        return select_classes(jax.nn.softmax(x), classes) * select_classes(distances, classes)
+    # No labels are involved: class 0 stands in for them; only `weighted_sum` is read.
+    labels = jnp.zeros(x.shape[:-1], jnp.int32)
+    valid = jnp.ones(x.shape[:-1], jnp.float32)
+    total = softmax_stats(x, labels, valid, weight_map=class_weight_map(distances, classes)).weighted_sum
+    return total if reduction == "sum" else total / boundary_count(x.shape, classes)
+
+
+def class_weight_map(distances, classes):
+    """The distance maps with the classes outside `classes` zeroed (all kept when None)."""
+    if classes is None:
+        return distances
+    keep = jnp.zeros(distances.shape[-1], bool).at[jnp.asarray(classes, jnp.int32)].set(True)
+    return jnp.where(keep, distances, 0.0)
+
+
+def boundary_count(shape, classes) -> int:
+    """Number of averaged entries: every element times the selected classes."""
+    count = shape[-1] if classes is None else len(classes)
+    for dim in shape[:-1]:
+        count *= dim
+    return count

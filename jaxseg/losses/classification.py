@@ -23,6 +23,7 @@ from jaxseg.losses._common import (
     reduce_weighted,
     sigmoid_targets,
 )
+from jaxseg.losses._softmax import SoftmaxStats, softmax_stats
 
 
 def check_class_weights(class_weights, num_classes: int):
@@ -40,13 +41,19 @@ def check_class_weights(class_weights, num_classes: int):
 # ----------------------------------------------------------------------------- softmax
 
 
-def cross_entropy_terms(logits, lse, t: ClassTargets, class_weights, label_smoothing):
+def is_zero(value) -> bool:
+    """True for a Python number equal to 0 (a static zero: the term can be skipped)."""
+    return isinstance(value, (int, float)) and value == 0
+
+
+def cross_entropy_terms(logits, lse, label_logit, t: ClassTargets, class_weights, label_smoothing):
     """Per-element torch cross-entropy and its normaliser.
 
     Args:
       logits: `[..., C]` float32.  lse: `[...]` log-sum-exp of the logits.
+      label_logit: `[...]` logit of the label (integer labels), else None.
       t: targets from `class_targets`.  class_weights: `[C]` or None.
-      label_smoothing: scalar (may be traced).
+      label_smoothing: scalar (may be traced; a Python 0 skips the smoothing term).
 
     Returns:
       (loss `[...]` already weighted by `t.valid`, normaliser `[...]`) so that the torch
@@ -57,14 +64,14 @@ def cross_entropy_terms(logits, lse, t: ClassTargets, class_weights, label_smoot
     if t.labels is not None:
         # Integer labels: torch's (1 - eps) * w_y * nll + eps / C * sum_c w_c * (-log p_c),
         # normalised by sum of w_y over valid elements.
-        nll = lse - jnp.sum(t.targets * logits, axis=-1)
-        if class_weights is None:
-            w_y = jnp.ones_like(nll)
-            smooth = num_classes * lse - jnp.sum(logits, axis=-1)
-        else:
-            w_y = jnp.sum(t.targets * class_weights, axis=-1)
-            smooth = jnp.sum(class_weights) * lse - jnp.sum(class_weights * logits, axis=-1)
-        loss = (1.0 - eps) * w_y * nll + (eps / num_classes) * smooth
+        w_y = jnp.ones_like(lse) if class_weights is None else class_weights[t.labels]
+        loss = w_y * (lse - label_logit)
+        if not is_zero(label_smoothing):
+            if class_weights is None:
+                smooth = num_classes * lse - jnp.sum(logits, axis=-1)
+            else:
+                smooth = jnp.sum(class_weights) * lse - jnp.sum(class_weights * logits, axis=-1)
+            loss = (1.0 - eps) * loss + (eps / num_classes) * smooth
         return loss * t.valid, w_y * t.valid
     # Probability targets: smoothed to y * (1 - eps) + eps / C; torch's mean divides by rows.
     targets = t.targets * (1.0 - eps) + eps / num_classes
@@ -98,22 +105,39 @@ def log1m_softmax(logits, lse):
     return log_mass - lse[..., None]
 
 
-def softmax_focal_terms(logits, lse, t: ClassTargets, class_weights, gamma, alpha):
+def softmax_focal_terms(logits, t: ClassTargets, class_weights, gamma, alpha, stats: SoftmaxStats | None):
     """Per-element softmax focal loss `-alpha_y * w_y * (1 - p_y)^gamma * log p_y` and normaliser.
 
-    Soft targets sum the same term over classes weighted by the target. The normaliser is
-    the cross-entropy one, so `gamma = 0` (and no alpha) gives exactly `cross_entropy`.
+    Integer labels read `log p_y` and `log(1 - p_y)` from `stats` (the log-sum-exp of the
+    other classes keeps the latter finite at saturated logits). Soft targets sum the same term
+    over classes weighted by the target. The normaliser is the cross-entropy one, so
+    `gamma = 0` (and no alpha) gives exactly `cross_entropy`.
     """
-    modulator = jnp.exp(jnp.asarray(gamma, jnp.float32) * log1m_softmax(logits, lse))
+    gamma = jnp.asarray(gamma, jnp.float32)
+    if t.labels is not None:
+        log_p = stats.label_logit - stats.lse
+        # One class: p_y = 1; a large negative finite value keeps exp(gamma * .) finite.
+        log_1mp = jnp.full_like(log_p, -1e30) if stats.other_lse is None else stats.other_lse - stats.lse
+        w_y = jnp.ones_like(log_p) if class_weights is None else class_weights[t.labels]
+        loss = -jnp.exp(gamma * log_1mp) * log_p * w_y
+        if alpha is not None:
+            loss = loss * alpha[t.labels]
+        return loss * t.valid, w_y * t.valid
+    lse = logsumexp(logits)
+    modulator = jnp.exp(gamma * log1m_softmax(logits, lse))
     per_class = t.targets * modulator * (lse[..., None] - logits)
     if alpha is not None:
         per_class = per_class * alpha
     if class_weights is not None:
         per_class = per_class * class_weights
-    loss = jnp.sum(per_class, axis=-1) * t.valid
-    if t.labels is None or class_weights is None:
-        return loss, t.valid
-    return loss, jnp.sum(t.targets * class_weights, axis=-1) * t.valid
+    return jnp.sum(per_class, axis=-1) * t.valid, t.valid
+
+
+def label_stats(logits, t: ClassTargets, **options) -> SoftmaxStats:
+    """`softmax_stats` for integer labels; the log-sum-exp of the other classes needs C >= 2."""
+    if options.get("other_lse") and logits.shape[-1] < 2:
+        options["other_lse"] = False
+    return softmax_stats(logits, t.labels, t.valid, **options)
 
 
 def multiclass_alpha(alpha, num_classes: int):
@@ -160,7 +184,11 @@ def cross_entropy(
     x = as_float32(logits)
     t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
     weights = check_class_weights(class_weights, x.shape[-1])
-    loss, norm = cross_entropy_terms(x, logsumexp(x), t, weights, label_smoothing)
+    if t.labels is None:
+        loss, norm = cross_entropy_terms(x, logsumexp(x), None, t, weights, label_smoothing)
+    else:
+        stats = label_stats(x, t)
+        loss, norm = cross_entropy_terms(x, stats.lse, stats.label_logit, t, weights, label_smoothing)
     return reduce_weighted(loss, norm, reduction)
 
 
@@ -294,9 +322,8 @@ def focal_loss(
     if mode == "multiclass":
         check_class_labels(logits, labels)
         t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
-        loss, norm = softmax_focal_terms(
-            x, logsumexp(x), t, weights, gamma, multiclass_alpha(alpha, x.shape[-1])
-        )
+        stats = None if t.labels is None else label_stats(x, t, other_lse=True)
+        loss, norm = softmax_focal_terms(x, t, weights, gamma, multiclass_alpha(alpha, x.shape[-1]), stats)
         return reduce_weighted(loss, norm, reduction)
     labels = elementwise_targets(x, labels, mode)
     y, valid = sigmoid_targets(labels, ignore_index=ignore_index, mask=mask)

@@ -14,13 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.losses._common import as_float32, check_choice, check_class_labels, class_targets, logsumexp, safe_divide
-from jaxseg.losses.boundary import OPERATORS, gradient_terms, select_classes
-from jaxseg.losses.classification import check_class_weights, cross_entropy_terms, softmax_focal_terms
+from jaxseg.losses.boundary import OPERATORS, boundary_count, class_weight_map, gradient_terms
+from jaxseg.losses.classification import check_class_weights, cross_entropy_terms, label_stats, softmax_focal_terms
 from jaxseg.losses.lovasz import lovasz_softmax_terms
-from jaxseg.losses.region import RegionInputs, tversky_family_loss
+from jaxseg.losses.region import RegionInputs, label_overlap, overlap, reduce_axes, tversky_family_loss
 
 TERMS = ("ce", "focal", "dice", "jaccard", "tversky", "lovasz", "gradient", "boundary")
-PROBABILITY_TERMS = frozenset(TERMS) - {"ce", "focal"}
 
 
 def segmentation_loss(
@@ -72,37 +71,53 @@ def segmentation_loss(
     num_classes = x.shape[-1]
     class_weights = check_class_weights(class_weights, num_classes)
     t = class_targets(labels, num_classes, ignore_index=ignore_index, mask=mask)
-    lse = logsumexp(x)
+    region_terms = {"dice", "jaccard", "tversky"} & set(weights)
+    weight_map = None
+    if "boundary" in weights:
+        if jnp.shape(distance_maps) != x.shape:
+            raise ValueError(f"distance_maps must have the logits' shape {x.shape}; got {jnp.shape(distance_maps)}")
+        weight_map = class_weight_map(jnp.asarray(distance_maps, jnp.float32), boundary_classes)
+
+    # One softmax for every term: integer labels go through the fused statistics.
+    stats = None
+    if t.labels is not None:
+        stats = label_stats(
+            x, t, other_lse="focal" in weights, class_sums=bool(region_terms), per_image=per_image,
+            weight_map=weight_map,
+        )
+        lse = stats.lse
+    else:
+        lse = logsumexp(x)
+    needs_probs = {"lovasz", "gradient"} & set(weights) or (stats is None and (region_terms or weight_map is not None))
+    probs = jnp.exp(x - lse[..., None]) if needs_probs else None
 
     terms = {}
     if "ce" in weights:
-        loss, norm = cross_entropy_terms(x, lse, t, class_weights, label_smoothing)
+        label_logit = None if stats is None else stats.label_logit
+        loss, norm = cross_entropy_terms(x, lse, label_logit, t, class_weights, label_smoothing)
         terms["ce"] = safe_divide(jnp.sum(loss), jnp.sum(norm))
     if "focal" in weights:
-        loss, norm = softmax_focal_terms(x, lse, t, class_weights, focal_gamma, None)
+        loss, norm = softmax_focal_terms(x, t, class_weights, focal_gamma, None, stats)
         terms["focal"] = safe_divide(jnp.sum(loss), jnp.sum(norm))
-    if PROBABILITY_TERMS & set(weights):
-        probs = jnp.exp(x - lse[..., None])
-        valid = t.valid[..., None]
-        region = RegionInputs(probs * valid, t.targets * valid, t.labels is not None)
-        region_options = dict(smooth=dice_smooth, per_image=per_image)
-        if "dice" in weights:
-            terms["dice"] = jnp.mean(tversky_family_loss(region, alpha=0.5, beta=0.5, **region_options))
-        if "jaccard" in weights:
-            terms["jaccard"] = jnp.mean(tversky_family_loss(region, alpha=1.0, beta=1.0, **region_options))
-        if "tversky" in weights:
-            terms["tversky"] = jnp.mean(
-                tversky_family_loss(region, alpha=tversky_alpha, beta=tversky_beta, **region_options)
-            )
-        if "lovasz" in weights:
-            fg = t.targets * (t.valid > 0)[..., None]
-            terms["lovasz"] = jnp.mean(lovasz_softmax_terms(probs, fg, t.valid, per_image=per_image))
-        if "gradient" in weights:
-            total, count = gradient_terms(probs, t.targets, t.valid, operator=gradient_operator, p=gradient_p)
-            terms["gradient"] = safe_divide(jnp.sum(total), jnp.sum(count))
-        if "boundary" in weights:
-            distances = jnp.asarray(distance_maps, jnp.float32)
-            terms["boundary"] = jnp.mean(select_classes(probs, boundary_classes) * select_classes(distances, boundary_classes))
+    if region_terms:
+        if stats is not None:
+            sums = label_overlap(stats, t, per_image)
+        else:
+            valid = t.valid[..., None]
+            sums = overlap(RegionInputs(probs * valid, t.targets * valid, False), reduce_axes(x.ndim, per_image))
+        shapes = {"dice": (0.5, 0.5), "jaccard": (1.0, 1.0), "tversky": (tversky_alpha, tversky_beta)}
+        for name in sorted(region_terms):
+            alpha, beta = shapes[name]
+            terms[name] = jnp.mean(tversky_family_loss(sums, alpha=alpha, beta=beta, smooth=dice_smooth))
+    if "lovasz" in weights:
+        fg = t.targets * (t.valid > 0)[..., None]
+        terms["lovasz"] = jnp.mean(lovasz_softmax_terms(probs, fg, t.valid, per_image=per_image))
+    if "gradient" in weights:
+        total, count = gradient_terms(probs, t.targets, t.valid, operator=gradient_operator, p=gradient_p)
+        terms["gradient"] = safe_divide(jnp.sum(total), jnp.sum(count))
+    if weight_map is not None:
+        weighted = stats.weighted_sum if stats is not None else jnp.sum(probs * weight_map)
+        terms["boundary"] = weighted / boundary_count(x.shape, boundary_classes)
 
     total = sum(jnp.asarray(weights[name], jnp.float32) * value for name, value in terms.items())
     return total, terms

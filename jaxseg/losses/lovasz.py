@@ -4,6 +4,12 @@ smp removes ignored pixels by boolean indexing. Here they stay in place but sort
 error key is below every real error) and contribute 0: the Lovász gradient of the pixels
 before them depends only on cumulative sums up to their position, so the loss and its
 gradient equal those computed on the valid pixels alone.
+
+The sort dominates the cost. XLA's CPU sort is several times slower with a payload operand
+(or on float keys) than on one integer operand, so each error is mapped to an order-preserving
+int32 and packed with its index into one int64 key: one single-operand sort yields both the
+sorted errors (exactly, decoded from the key) and the permutation. The backward pass scatters
+the Lovász gradient back through that permutation instead of differentiating the sort.
 """
 
 from __future__ import annotations
@@ -30,18 +36,74 @@ def lovasz_grad(gt_sorted):
     gt_sorted: `[..., N]` 0/1 ground truth in that order. Returns `[..., N]`.
     """
     gts = jnp.sum(gt_sorted, axis=-1, keepdims=True)
-    intersection = gts - jnp.cumsum(gt_sorted, axis=-1)
-    union = gts + jnp.cumsum(1.0 - gt_sorted, axis=-1)  # >= 1 at every position
+    seen_fg = jnp.cumsum(gt_sorted, axis=-1)
+    seen = jax.lax.broadcasted_iota(gt_sorted.dtype, gt_sorted.shape, gt_sorted.ndim - 1) + 1.0
+    intersection = gts - seen_fg
+    union = gts + seen - seen_fg  # >= 1 at every position
     jaccard = 1.0 - intersection / union
     return jnp.concatenate([jaccard[..., :1], jnp.diff(jaccard, axis=-1)], axis=-1)
 
 
+def _sortable(bits):
+    """Order-preserving map between float32 bit patterns (as int32) and int32; an involution."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _enable_x64():
+    context = getattr(jax, "enable_x64", None)
+    if context is None:  # older JAX
+        from jax.experimental import enable_x64 as context
+    return context(True)
+
+
+def _sort_descending(errors, ground_truth, valid):
+    """Errors sorted descending (invalid ones last, reported as 0), the 0/1 ground truth in that
+    order, and the permutation. Key layout (int64): high word the inverted sortable error, low
+    word the ground-truth bit above the 31-bit index."""
+    keys = _sortable(jax.lax.bitcast_convert_type(errors, jnp.int32))
+    keys = jnp.where(valid > 0, keys, jnp.iinfo(jnp.int32).min)
+    if keys.shape[-1] >= 2**31:
+        raise ValueError(f"Lovász sorts at most 2**31 - 1 elements per row; got {keys.shape[-1]}")
+    with _enable_x64():
+        index = jax.lax.broadcasted_iota(jnp.int64, keys.shape, keys.ndim - 1)
+        low = index | (ground_truth > 0.5).astype(jnp.int64) << 31
+        packed = jax.lax.sort((~keys).astype(jnp.int64) << 32 | low, dimension=keys.ndim - 1)
+        permutation = (packed & 0x7FFFFFFF).astype(jnp.int32)
+        gt_sorted = ((packed >> 31) & 1).astype(jnp.float32)
+        sorted_keys = ~(packed >> 32).astype(jnp.int32)
+    sorted_valid = sorted_keys != jnp.iinfo(jnp.int32).min
+    sorted_errors = jax.lax.bitcast_convert_type(_sortable(sorted_keys), jnp.float32)
+    return jnp.where(sorted_valid, sorted_errors, 0.0), gt_sorted, permutation
+
+
+def _lovasz_forward(errors, ground_truth, valid):
+    sorted_errors, gt_sorted, permutation = _sort_descending(errors, ground_truth, valid)
+    slope = lovasz_grad(gt_sorted) * (sorted_errors > 0)  # d loss / d sorted error, relu included
+    return jnp.sum(sorted_errors * slope, axis=-1), (slope, permutation)
+
+
+@jax.custom_vjp
 def sorted_lovasz(errors, ground_truth, valid):
     """`<relu(errors sorted descending), lovasz_grad(ground truth in that order)>` over the last
-    axis, invalid entries sorted last with weight 0. All inputs `[..., N]`; returns `[...]`."""
-    key = jnp.where(valid > 0, errors, -jnp.inf)
-    neg_sorted, gt_sorted = jax.lax.sort((-key, ground_truth), dimension=-1, num_keys=1)
-    return jnp.sum(jax.nn.relu(-neg_sorted) * lovasz_grad(gt_sorted), axis=-1)
+    axis, invalid entries sorted last with weight 0. All inputs `[..., N]`; returns `[...]`.
+    Differentiable w.r.t. `errors` only."""
+    return _lovasz_forward(errors, ground_truth, valid)[0]
+
+
+def _sorted_lovasz_fwd(errors, ground_truth, valid):
+    loss, residuals = _lovasz_forward(errors, ground_truth, valid)
+    return loss, residuals
+
+
+def _sorted_lovasz_bwd(residuals, cotangent):
+    slope, permutation = residuals
+    sorted_grad = (slope * cotangent[..., None]).reshape(-1, slope.shape[-1])
+    rows = permutation.reshape(-1, slope.shape[-1])
+    unsort = jax.vmap(lambda values, index: jnp.zeros_like(values).at[index].set(values, unique_indices=True))
+    return unsort(sorted_grad, rows).reshape(slope.shape), None, None
+
+
+sorted_lovasz.defvjp(_sorted_lovasz_fwd, _sorted_lovasz_bwd)
 
 
 def lovasz_hinge_terms(logits, targets, valid, *, per_image: bool):

@@ -17,13 +17,15 @@ from jaxseg.losses._common import (
     REDUCTIONS,
     as_float32,
     check_choice,
+    ClassTargets,
     check_class_labels,
     class_targets,
     elementwise_targets,
     reduce_per_image,
     sigmoid_targets,
 )
-from jaxseg.losses.classification import check_class_weights
+from jaxseg.losses._softmax import SoftmaxStats
+from jaxseg.losses.classification import check_class_weights, label_stats
 
 
 class RegionInputs(NamedTuple):
@@ -43,21 +45,8 @@ class Overlap(NamedTuple):
     fn: jax.Array
     target_sum: jax.Array
 
-
-def region_inputs(logits, labels, *, mode, from_logits, ignore_index, mask) -> RegionInputs:
-    """Activation (softmax or sigmoid unless `from_logits=False`) and masked targets."""
-    check_choice("mode", mode, MODES)
-    x = as_float32(logits)
-    if mode == "multiclass":
-        check_class_labels(logits, labels)
-        t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
-        probs = jax.nn.softmax(x) if from_logits else x
-        valid = t.valid[..., None]
-        return RegionInputs(probs * valid, t.targets * valid, t.labels is not None)
-    labels = elementwise_targets(x, labels, mode)
-    targets, valid = sigmoid_targets(labels, ignore_index=ignore_index, mask=mask)
-    probs = jax.nn.sigmoid(x) if from_logits else x
-    return RegionInputs(probs * valid, targets * valid, not jnp.issubdtype(labels.dtype, jnp.floating))
+    def select(self, index):
+        return Overlap(*(field[..., index] for field in self))
 
 
 def reduce_axes(ndim: int, per_image: bool) -> tuple[int, ...]:
@@ -86,6 +75,35 @@ def overlap(inputs: RegionInputs, axes, *, squared: bool = False) -> Overlap:
     return Overlap(tp, sum_x - tp, sum_y - tp, jnp.sum(y, axis=axes))
 
 
+def label_overlap(stats: SoftmaxStats, t: ClassTargets, per_image: bool) -> Overlap:
+    """The same sums for integer labels from `softmax_stats(..., class_sums=True)`."""
+    axes = reduce_axes(t.targets.ndim, per_image)
+    counts = jnp.sum(t.targets * t.valid[..., None], axis=axes)
+    tp = stats.label_prob_sums
+    return Overlap(tp, stats.prob_sums - tp, counts - tp, counts)
+
+
+def region_overlap(logits, labels, *, mode, from_logits, ignore_index, mask, per_image, squared=False) -> Overlap:
+    """Activation (softmax or sigmoid unless `from_logits=False`), masking and overlap sums."""
+    check_choice("mode", mode, MODES)
+    x = as_float32(logits)
+    axes = reduce_axes(x.ndim, per_image)
+    if mode == "multiclass":
+        check_class_labels(logits, labels)
+        t = class_targets(labels, x.shape[-1], ignore_index=ignore_index, mask=mask)
+        if from_logits and t.labels is not None and not squared:
+            return label_overlap(label_stats(x, t, class_sums=True, per_image=per_image), t, per_image)
+        probs = jax.nn.softmax(x) if from_logits else x
+        valid = t.valid[..., None]
+        inputs = RegionInputs(probs * valid, t.targets * valid, t.labels is not None)
+    else:
+        labels = elementwise_targets(x, labels, mode)
+        targets, valid = sigmoid_targets(labels, ignore_index=ignore_index, mask=mask)
+        probs = jax.nn.sigmoid(x) if from_logits else x
+        inputs = RegionInputs(probs * valid, targets * valid, not jnp.issubdtype(labels.dtype, jnp.floating))
+    return overlap(inputs, axes, squared=squared)
+
+
 def tversky_score(stats: Overlap, *, alpha, beta, smooth, eps):
     """smp's `soft_tversky_score`: `(tp + s) / max(tp + alpha fp + beta fn + s, eps)`."""
     denominator = stats.tp + alpha * stats.fp + beta * stats.fn + smooth
@@ -111,7 +129,7 @@ def safe_power(value, exponent):
 
 
 def tversky_family_loss(
-    inputs: RegionInputs,
+    stats: Overlap,
     *,
     alpha,
     beta,
@@ -121,11 +139,9 @@ def tversky_family_loss(
     smooth=0.0,
     eps: float = 1e-7,
     class_weights=None,
-    per_image: bool = False,
-    squared: bool = False,
 ):
-    """Shared core of Dice (alpha=beta=0.5), Jaccard (1, 1) and Tversky: `[]` or `[B]` losses."""
-    stats = overlap(inputs, reduce_axes(inputs.probs.ndim, per_image), squared=squared)
+    """Shared core of Dice (alpha=beta=0.5), Jaccard (1, 1) and Tversky: `[]` or `[B]` losses
+    from the overlap sums (per class, or per image and class)."""
     score = tversky_score(stats, alpha=alpha, beta=beta, smooth=smooth, eps=eps)
     per_class = -jnp.log(jnp.maximum(score, eps)) if log_loss else 1.0 - score
     per_class = per_class * (stats.target_sum > 0)
@@ -133,12 +149,15 @@ def tversky_family_loss(
     return loss if isinstance(gamma, (int, float)) and gamma == 1 else safe_power(loss, gamma)
 
 
-def _region_loss(logits, labels, *, mode, from_logits, ignore_index, mask, reduction, **options):
+def _region_loss(logits, labels, *, mode, from_logits, ignore_index, mask, reduction, per_image, squared, **options):
     check_choice("reduction", reduction, REDUCTIONS)
     if options["classes"] is not None and mode == "binary":
         raise ValueError("classes selects channels; binary mode has one channel")
-    inputs = region_inputs(logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask)
-    return reduce_per_image(tversky_family_loss(inputs, **options), reduction)
+    stats = region_overlap(
+        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
+        per_image=per_image, squared=squared,
+    )
+    return reduce_per_image(tversky_family_loss(stats, **options), reduction)
 
 
 def dice_loss(
@@ -248,12 +267,10 @@ def tversky_loss(
 GDL_WEIGHTS = ("square", "simple", "uniform")
 
 
-def generalized_dice_terms(inputs: RegionInputs, *, weight_type, smooth_nr, smooth_dr, include_background, per_image):
-    """MONAI `GeneralizedDiceLoss` core: `[B]` (per image) or `[]` losses."""
-    probs, targets = inputs.probs, inputs.targets
-    if not include_background and probs.shape[-1] > 1:
-        inputs = RegionInputs(probs[..., 1:], targets[..., 1:], inputs.hard)
-    stats = overlap(inputs, reduce_axes(inputs.probs.ndim, per_image))
+def generalized_dice_terms(stats: Overlap, *, weight_type, smooth_nr, smooth_dr, include_background):
+    """MONAI `GeneralizedDiceLoss` core on overlap sums `[C]` or `[B, C]`: `[]` or `[B]`."""
+    if not include_background and stats.tp.shape[-1] > 1:
+        stats = stats.select(slice(1, None))
     ground = stats.target_sum
     absent = ground == 0
     safe_ground = jnp.where(absent, 1.0, ground)
@@ -297,10 +314,11 @@ def generalized_dice_loss(
     """
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("weight_type", weight_type, GDL_WEIGHTS)
-    inputs = region_inputs(logits, labels, mode="multiclass", from_logits=True, ignore_index=ignore_index, mask=mask)
+    stats = region_overlap(
+        logits, labels, mode="multiclass", from_logits=True, ignore_index=ignore_index, mask=mask, per_image=per_image
+    )
     loss = generalized_dice_terms(
-        inputs, weight_type=weight_type, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-        include_background=include_background, per_image=per_image,
+        stats, weight_type=weight_type, smooth_nr=smooth_nr, smooth_dr=smooth_dr, include_background=include_background
     )
     return reduce_per_image(loss, reduction)
 
