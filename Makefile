@@ -1,0 +1,48 @@
+# The two commands of the quick start: `make train` and `make test`.
+# Both create the virtual environment on first use and reinstall when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/seg_shapes_unet.py
+WORKDIR ?= runs/seg_shapes_unet
+PYTEST_ARGS ?=
+
+.PHONY: train test test-slow conformance bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+# The reference libraries of the conformance tests: a CPU torch wheel, MONAI, and the pure-torch
+# loss modules of smp 0.5 and torchvision (installed without their dependencies; see
+# tests/conformance/references.py).
+$(VENV)/.installed-conformance: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet torch==2.13.0 monai
+	$(BIN)/pip install --quiet --no-deps segmentation-models-pytorch==0.5.0 torchvision==0.29.1
+	touch $@
+
+train: $(VENV)/.installed
+	$(BIN)/python train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+conformance: $(VENV)/.installed-conformance
+	$(BIN)/python -m pytest tests/conformance $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-conformance
+	$(BIN)/python benchmarks/losses.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,180 @@
+"""Images/s of the U-Net train step: jaxseg (jit, donated state) vs the same U-Net in PyTorch.
+
+    python benchmarks/train_step.py [--batch 16] [--size 128] [--base-width 32] [--depth 3]
+                                    [--steps 10] [--no-compile] [--out benchmarks/results/train_step.json]
+
+Both sides: the same architecture (3x3 conv + BatchNorm + ReLU blocks, max-pool down,
+bilinear up + 3x3 conv, skip concatenation, 1x1 head), softmax cross-entropy, Adam, float32,
+one full step (forward, backward, update) on a fixed batch, the same number of threads.
+PyTorch runs eager (NCHW), eager channels_last and torch.compile when installed. Rounds are
+interleaved; the table reports the median step time. Runs unchanged on a GPU host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def jax_step(args, images, labels):
+    from configs import seg_shapes_unet
+    from jaxseg.tasks import segmentation
+    from jaxseg.train.optim import make_optimizer
+    from jaxseg.train.state import init_state, model_graphdef
+    from jaxseg.train.step import train_step
+
+    config = seg_shapes_unet.get_config()
+    config.model.update(depth=args.depth, base_width=args.base_width)
+    config.loss.weights = dict(ce=1.0)
+    config.optim.update(name="adam", schedule="constant", learning_rate=1e-3, clip_norm=0.0, weight_decay=0.0)
+    make_model = segmentation.model_factory(config, args.classes)
+    graphdef = model_graphdef(make_model)
+    tx = make_optimizer(config.optim, 1000)
+    state = init_state(make_model, tx, 0)
+    hp = segmentation.loss_hyperparameters(config)
+    task = segmentation.SegmentationTask(config)
+    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=0), donate_argnums=0)
+    batch = jax.device_put({"image": images, "label": labels})
+    holder = {"state": state}
+
+    def run():
+        start = time.perf_counter()
+        holder["state"], metrics = step(holder["state"], batch, hp)
+        jax.block_until_ready(metrics["loss"])
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    run()
+    return run, time.perf_counter() - start
+
+
+def torch_steps(args, images, labels):
+    """{name: (run, compile seconds)} for the PyTorch variants, or {} without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count())
+
+    class Block(nn.Sequential):
+        def __init__(self, cin, cout):
+            super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout, momentum=0.1), nn.ReLU(),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout, momentum=0.1), nn.ReLU())
+
+    class UNet(nn.Module):
+        def __init__(self, classes, depth, base):
+            super().__init__()
+            widths = [base * 2**i for i in range(depth + 1)]
+            self.encoder = nn.ModuleList([Block(3 if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+            self.bottleneck = Block(widths[depth - 1], widths[depth])
+            self.up = nn.ModuleList([nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth))])
+            self.decoder = nn.ModuleList([Block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+            self.head = nn.Conv2d(widths[0], classes, 1)
+
+        def forward(self, x):
+            skips = []
+            for block in self.encoder:
+                x = block(x)
+                skips.append(x)
+                x = nn.functional.max_pool2d(x, 2)
+            x = self.bottleneck(x)
+            for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
+                x = up(nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
+                x = block(torch.cat([x, skip], 1))
+            return self.head(x)
+
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float() / 255.0
+    y = torch.from_numpy(labels.astype(np.int64))
+    variants = {"torch eager": (False, False), "torch eager channels_last": (True, False)}
+    if args.compile:
+        variants["torch.compile"] = (True, True)
+    result = {}
+    for name, (channels_last, compiled) in variants.items():
+        torch.manual_seed(0)
+        model = UNet(args.classes, args.depth, args.base_width)
+        inputs = x
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            inputs = x.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def train(model=model, optimizer=optimizer, inputs=inputs):
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(inputs), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        step = torch.compile(train) if compiled else train
+
+        def run(step=step):
+            start = time.perf_counter()
+            step().item()
+            return time.perf_counter() - start
+
+        start = time.perf_counter()
+        run()
+        result[name] = (run, time.perf_counter() - start)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--base-width", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, args.size, args.size, 3)).astype(np.uint8)
+    labels = rng.integers(0, args.classes, (args.batch, args.size, args.size)).astype(np.int32)
+
+    runners = {"jaxseg": jax_step(args, images, labels)}
+    runners.update(torch_steps(args, images, labels))
+    times = {name: [] for name in runners}
+    for _ in range(args.steps):
+        for name, (run, _) in runners.items():
+            times[name].append(run())
+
+    rows = []
+    jax_ms = statistics.median(times["jaxseg"]) * 1e3
+    print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
+          f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} interleaved steps")
+    print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
+    for name, (_, first) in runners.items():
+        ms = statistics.median(times[name]) * 1e3
+        rows.append({"implementation": name, "ms_per_step": round(ms, 1), "images_per_second": round(args.batch / ms * 1e3, 1),
+                     "first_step_seconds": round(first, 1), "jaxseg_speedup": round(ms / jax_ms, 2)})
+        r = rows[-1]
+        print(f"{name:28s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['first_step_seconds']:13.1f} "
+              f"{r['jaxseg_speedup']:15.2f}x")
+    result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+              "backend": jax.default_backend(), "jax": jax.__version__}, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

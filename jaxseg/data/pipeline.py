@@ -1,0 +1,106 @@
+"""grain input pipelines: seeded shuffles, per-record augmentation, batching, process sharding.
+
+Batches are host-local NumPy dicts: `image` uint8 `[b, H, W, C_in]` (normalised on device),
+`label` int32 `[b, H, W]`, and for evaluation `valid` bool `[b]` (False marks the padding of
+the last batch). Each process reads every `process_count`-th sample starting at its index.
+The training iterator's state (`get_state`/`set_state`) is saved with the checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from jaxseg.data.augment import augment, fit
+from jaxseg.losses.distance_maps import signed_distance_maps
+
+
+class _Indexed:
+    """A source read through an index array (for resampling)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.source[int(self.indices[i])]
+
+
+def train_dataset(
+    source,
+    *,
+    batch_size: int,
+    image_size: Sequence[int],
+    seed: int,
+    ignore_index: int = 255,
+    scale_range=(0.75, 1.25),
+    flip: bool = True,
+    jitter: float = 0.2,
+    sample_indices=None,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 8,
+    distance_maps_for: int | None = None,
+):
+    """An infinite, reshuffled-every-epoch, augmented and batched `grain.IterDataset`.
+
+    Args:
+      batch_size: per-process batch size.
+      sample_indices: optional index array (e.g. `balance.resampled_indices`) that replaces
+        `range(len(source))`, so some samples appear several times per epoch.
+      distance_maps_for: number of classes; adds `distance` `[H, W, C]` signed distance maps
+        (for the boundary loss) computed from the augmented labels.
+    """
+    if sample_indices is not None:
+        source = _Indexed(source, sample_indices)
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    if len(dataset) < batch_size:
+        raise ValueError(f"{len(dataset)} training samples on this process is fewer than the batch size {batch_size}")
+    dataset = dataset.shuffle(seed=seed).repeat(None)
+    transform = functools.partial(
+        augment, size=tuple(image_size), scale_range=tuple(scale_range), flip=flip, jitter=jitter, ignore_index=ignore_index
+    )
+    dataset = dataset.random_map(lambda example, rng: transform(example, rng), seed=seed)
+    if distance_maps_for:
+        dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+
+
+def _with_distance_maps(example, *, num_classes: int, ignore_index):
+    distances = signed_distance_maps(example["label"], num_classes, ignore_index=ignore_index)
+    return dict(example, distance=distances)
+
+
+def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_index: int = 255,
+                 process_index: int = 0, process_count: int = 1, distance_maps_for: int | None = None):
+    """A finite list-like `grain.MapDataset` of batches covering this process's share once.
+
+    The last batch is padded to `batch_size` (padding: image 0, label `ignore_index`,
+    `valid=False`) so every batch has one shape and the evaluation step compiles once.
+    """
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    dataset = dataset.map(lambda example: fit(example, size=tuple(image_size)))
+    if distance_maps_for:
+        dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
+    return dataset.batch(batch_size, batch_fn=functools.partial(_pad_batch, batch_size=batch_size, ignore_index=ignore_index))
+
+
+def _pad_batch(examples, *, batch_size: int, ignore_index: int):
+    missing = batch_size - len(examples)
+    fill = {"label": ignore_index if ignore_index is not None else 0}
+    batch = {}
+    for key in examples[0]:
+        stacked = np.stack([e[key] for e in examples])
+        if missing:
+            padding = np.full((missing,) + stacked.shape[1:], fill.get(key, 0), stacked.dtype)
+            stacked = np.concatenate([stacked, padding])
+        batch[key] = stacked
+    batch["valid"] = np.arange(batch_size) < len(examples)
+    return batch

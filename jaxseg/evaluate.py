@@ -1,0 +1,54 @@
+"""Evaluate a trained model: `python -m jaxseg.evaluate --workdir=DIR [--step=best|latest|N]`.
+
+Prints the validation metrics of the chosen checkpoint (mIoU, per-class IoU and Dice, pixel
+accuracy, loss terms) as JSON and writes them to `WORKDIR/eval_step_N.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+
+
+def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
+    from jaxseg.tasks import segmentation
+    from jaxseg.train.inference import restore
+    from jaxseg.train.loop import evaluate
+    from jaxseg.train.step import eval_step
+
+    restored = restore(workdir, step)
+    config = restored.config
+    if batch_size:
+        config.train.eval_batch_size = batch_size
+    data = segmentation.make_data(config, workdir)
+    hp = segmentation.loss_hyperparameters(config, data.class_weights)
+    compiled = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=restored.task))
+    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled)}
+    (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (the module stays importable)."""
+    flags.DEFINE_string("workdir", None, "Training directory with checkpoints/.", required=True)
+    flags.DEFINE_string("step", "best", '"best" (by validation mIoU), "latest" or a step number.')
+    flags.DEFINE_integer("batch_size", 0, "Evaluation batch size (default: the training config's).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    print(json.dumps(evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.batch_size), indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

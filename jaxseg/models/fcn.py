@@ -1,0 +1,63 @@
+"""FCN: the conv-pool encoder of a textbook CNN made fully convolutional (Long et al. 2015).
+
+A classifier that flattens its last feature map cannot segment; here the classifier is a 1x1
+convolution applied at every position, and score maps from the last two stages are fused
+(FCN-16s style) and upsampled bilinearly to the input size, so the model predicts per pixel.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxseg.models.unet import apply_norm, make_norm
+
+
+class FCN(nnx.Module):
+    """`stages` blocks of (3x3 conv, norm, ReLU, 2x2 max-pool), widths doubling from `base_width`,
+    then 1x1 score heads on the last two stages, fused and upsampled to `[B, H, W, C]`."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        stages: int = 3,
+        base_width: int = 32,
+        norm: str = "batch",
+        groups: int = 8,
+        dropout: float = 0.0,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if stages < 2:
+            raise ValueError(f"FCN needs at least 2 stages (it fuses the last two); got {stages}")
+        widths = [base_width * 2**i for i in range(stages)]
+        self.stages = stages
+        self.convs = nnx.List(
+            [nnx.Conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), dtype=dtype, rngs=rngs)
+             for i, w in enumerate(widths)]
+        )
+        self.norms = nnx.List([make_norm(norm, w, groups=groups, dtype=dtype, rngs=rngs) for w in widths])
+        self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
+        self.score_last = nnx.Conv(widths[-1], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.score_previous = nnx.Conv(widths[-2], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, *, train: bool = False, key=None):
+        stride = 2**self.stages
+        if x.shape[1] % stride or x.shape[2] % stride:
+            raise ValueError(f"FCN with {self.stages} stages needs H and W divisible by {stride}; got {x.shape[1:3]}")
+        size = x.shape[1:3]
+        features = []
+        for conv, norm in zip(self.convs, self.norms):
+            x = nnx.relu(apply_norm(norm, conv(x), train))
+            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            features.append(x)
+        last = features[-1]
+        if self.dropout is not None:
+            last = self.dropout(last, deterministic=not train, rngs=key)
+        previous = self.score_previous(features[-2])
+        score = self.score_last(last)
+        score = jax.image.resize(score, score.shape[:1] + previous.shape[1:3] + score.shape[3:], "bilinear") + previous
+        return jax.image.resize(score, score.shape[:1] + size + score.shape[3:], "bilinear")

@@ -1,0 +1,1 @@
+"""One module per task: binds model, loss, metrics and data."""

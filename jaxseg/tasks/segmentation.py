@@ -1,0 +1,160 @@
+"""Semantic segmentation: binds the model, the composed loss, metrics and data from a config."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxseg import losses
+from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train_dataset
+from jaxseg.metrics import confusion_matrix
+from jaxseg.models import FCN, UNet
+
+MODELS = {"unet": UNet, "fcn": FCN}
+DATASETS = ("shapes", "folder")
+
+
+def make_sources(config) -> tuple[Any, Any]:
+    """(train source, validation source) from `config.data`."""
+    data = config.data
+    if data.name == "shapes":
+        options = dict(seed=data.seed, size=data.source_size, max_shapes=data.max_shapes, depth=data.depth)
+        return (ShapesSource(data.train_samples, split="train", **options),
+                ShapesSource(data.val_samples, split="val", **options))
+    if data.name == "folder":
+        options = dict(num_classes=config.num_classes, images_dir=data.images_dir, masks_dir=data.masks_dir,
+                       extra_dirs=tuple(data.extra_dirs), ignore_index=data.ignore_index,
+                       class_names=tuple(data.class_names) or None)
+        return (FolderSource(data.root, split_file=data.train_split or None, **options),
+                FolderSource(data.root, split_file=data.val_split or None, **options))
+    raise ValueError(f"config.data.name must be one of {DATASETS}; got {data.name!r}")
+
+
+class Data(NamedTuple):
+    """The training iterator (checkpointable), the padded validation batches, the loss class
+    weights derived from the data (or None) and the class names."""
+
+    train: Any
+    val: Any
+    class_weights: Any
+    class_names: tuple
+
+
+def make_data(config, workdir) -> Data:
+    """Sources, statistics (cached in `workdir`) and grain pipelines for this process."""
+    train_source, val_source = make_sources(config)
+    if train_source.num_classes != config.num_classes:
+        raise ValueError(
+            f"config.num_classes={config.num_classes} but the {config.data.name} data has {train_source.num_classes} classes"
+        )
+    if config.train.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={config.train.batch_size} must divide by {jax.process_count()} processes")
+    stats_file = Path(workdir) / "label_statistics.json"
+    class_weights = data_class_weights(config, train_source, stats_file)
+    sample_indices = None
+    if config.data.balance:
+        stats = balance.cached_statistics(train_source, config.num_classes, ignore_index=config.data.ignore_index,
+                                          cache_file=stats_file)
+        factors = balance.repeat_factors(stats["pixels"], stats["present"], threshold=config.data.balance_threshold)
+        sample_indices = balance.resampled_indices(factors, config.seed)
+    shared = dict(
+        image_size=config.data.image_size, ignore_index=config.data.ignore_index,
+        distance_maps_for=config.num_classes if config.loss.weights.get("boundary", 0) else None,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    train = iter(train_dataset(
+        train_source, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+        scale_range=config.data.scale_range, flip=config.data.flip, jitter=config.data.jitter,
+        sample_indices=sample_indices, num_threads=config.data.num_threads, **shared,
+    ))
+    val = eval_batches(val_source, batch_size=config.train.eval_batch_size, **shared)
+    return Data(train, val, class_weights, tuple(train_source.class_names))
+
+
+def in_channels(data) -> int:
+    return len(data.mean)
+
+
+def model_factory(config, num_classes: int):
+    """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
+    options = dict(config.model)
+    name = options.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"config.model.name must be one of {tuple(MODELS)}; got {name!r}")
+    options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
+    return functools.partial(MODELS[name], num_classes, in_channels=in_channels(config.data), **options)
+
+
+def loss_hyperparameters(config, class_weights=None) -> dict:
+    """The array pytree the train step reads its loss options from (vmappable for ablations)."""
+    loss = config.loss
+    unknown = set(loss.weights) - set(losses.TERMS)
+    if unknown:
+        raise ValueError(f"config.loss.weights: unknown terms {sorted(unknown)}; known terms are {losses.TERMS}")
+    weights = {name: jnp.float32(w) for name, w in loss.weights.items() if w}
+    if not weights:
+        raise ValueError("config.loss.weights: every term weight is 0; set at least one (e.g. ce=1.0)")
+    if class_weights is None and len(loss.class_weights):
+        if len(loss.class_weights) != config.num_classes:
+            raise ValueError(
+                f"config.loss.class_weights has {len(loss.class_weights)} values; "
+                f"config.num_classes is {config.num_classes}"
+            )
+        class_weights = np.asarray(loss.class_weights, np.float32)
+    segmentation = losses.SegmentationLoss(
+        weights=weights,
+        class_weights=None if class_weights is None else jnp.asarray(class_weights, jnp.float32),
+        label_smoothing=jnp.float32(loss.label_smoothing),
+        focal_gamma=jnp.float32(loss.focal_gamma),
+        tversky_alpha=jnp.float32(loss.tversky_alpha),
+        tversky_beta=jnp.float32(loss.tversky_beta),
+        dice_smooth=jnp.float32(loss.dice_smooth),
+        ignore_index=config.data.ignore_index,
+        per_image=loss.per_image,
+        gradient_operator=loss.gradient_operator,
+    )
+    return {"loss": segmentation, "l1": jnp.float32(config.optim.l1)}
+
+
+def data_class_weights(config, train_source, cache_file):
+    """Loss class weights from the training pixel frequencies when `config.loss.class_weighting` is set."""
+    method = config.loss.class_weighting
+    if not method:
+        return None
+    stats = balance.cached_statistics(train_source, config.num_classes, ignore_index=config.data.ignore_index,
+                                      cache_file=cache_file)
+    return balance.class_weights(stats["pixels"], method)
+
+
+def normalize(images, mean, std):
+    """uint8 `[B, H, W, C_in]` -> float32, `(x / 255 - mean) / std` per channel (on device)."""
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+class SegmentationTask:
+    """What the generic train and eval steps need to know about segmentation."""
+
+    def __init__(self, config):
+        self.num_classes = config.num_classes
+        self.ignore_index = config.data.ignore_index
+        self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    def apply(self, model: nnx.Module, batch, *, train: bool, key=None):
+        """Logits `[B, H, W, C]` for the batch's uint8 images."""
+        return model(normalize(batch["image"], self.mean, self.std), train=train, key=key)
+
+    def loss(self, logits, batch, hp, *, mask=None):
+        """(total, terms) of the composed segmentation loss with options from `hp["loss"]`."""
+        return hp["loss"](logits, batch["label"], mask=mask, distance_maps=batch.get("distance"))
+
+    def metrics(self, logits, batch, *, mask=None):
+        """Per-batch statistics: the confusion matrix of the argmax predictions."""
+        predictions = jnp.argmax(logits, axis=-1)
+        return {"confusion": confusion_matrix(predictions, batch["label"], self.num_classes,
+                                              ignore_index=self.ignore_index, mask=mask)}

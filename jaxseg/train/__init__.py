@@ -1,0 +1,1 @@
+"""The functional trainer: state, pure steps, optimiser, checkpoints, logging, loop."""

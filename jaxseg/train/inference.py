@@ -1,0 +1,58 @@
+"""Load a trained model from a workdir: config, task and state of the best or latest checkpoint."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxseg.tasks import segmentation
+from jaxseg.train.checkpoint import Checkpointer
+from jaxseg.train.optim import make_optimizer
+from jaxseg.train.state import init_state, model_graphdef
+
+
+class Restored(NamedTuple):
+    config: ml_collections.ConfigDict
+    task: segmentation.SegmentationTask
+    graphdef: nnx.GraphDef
+    state: object
+    step: int
+
+
+def restore(workdir, step: str | int = "best") -> Restored:
+    """The checkpoint `step` ("best" by validation mIoU, falling back to "latest", or a number)."""
+    checkpoints = Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
+    try:
+        if step == "best":
+            chosen = checkpoints.best_step() or checkpoints.latest_step()
+        elif step == "latest":
+            chosen = checkpoints.latest_step()
+        else:
+            chosen = int(step)
+        if chosen is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+        config = ml_collections.ConfigDict(checkpoints.restore_config(chosen))
+        make_model = segmentation.model_factory(config, config.num_classes)
+        tx = make_optimizer(config.optim, config.train.steps)
+        abstract = jax.eval_shape(functools.partial(init_state, make_model, tx, config.seed))
+        state = checkpoints.restore(chosen, abstract)
+    finally:
+        checkpoints.close()
+    return Restored(config, segmentation.SegmentationTask(config), model_graphdef(make_model), state, chosen)
+
+
+def logits_fn(restored: Restored):
+    """A jitted `batch -> logits` for uint8 images `[B, H, W, C_in]` (evaluation mode)."""
+    graphdef, state, task = restored.graphdef, restored.state, restored.task
+
+    @jax.jit
+    def apply(images):
+        model = nnx.merge(graphdef, state.params, state.model_state)
+        return task.apply(model, {"image": images}, train=False)
+
+    return apply

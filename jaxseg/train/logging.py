@@ -1,0 +1,137 @@
+"""What the user opens first: `metrics.jsonl`, TensorBoard events and PNG figures.
+
+Only process 0 writes (the others get a logger that does nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """`[C + 1, 3]` uint8 colours: the Pascal VOC bit-pattern palette; the last row (ignored) is white."""
+    colours = np.zeros((num_classes + 1, 3), np.uint8)
+    for index in range(num_classes):
+        r = g = b = 0
+        value = index
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colours[index] = (r, g, b)
+    colours[num_classes] = 255
+    return colours
+
+
+def colourise(mask, num_classes: int, ignore_index=None) -> np.ndarray:
+    """Class ids `[H, W]` -> RGB uint8 `[H, W, 3]` (ignored and out-of-range ids white)."""
+    mask = np.asarray(mask).astype(np.int64)
+    index = np.where((mask >= 0) & (mask < num_classes), mask, num_classes)
+    if ignore_index is not None:
+        index = np.where(mask == ignore_index, num_classes, index)
+    return palette(num_classes)[index]
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to `WORKDIR/metrics.jsonl` and mirrors scalars to
+    TensorBoard (`WORKDIR/tensorboard`)."""
+
+    def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.writer = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for name, value in record.items():
+                if name not in ("step", "split") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{split}/{name}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(workdir) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def save_prediction_figure(path, images, labels, predictions, *, num_classes: int, ignore_index=None,
+                           class_names=None, max_images: int = 6) -> None:
+    """A PNG grid: one column per image, rows image / ground truth / prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(max_images, len(images))
+    figure, axes = plt.subplots(3, count, figsize=(2.2 * count, 6.6), squeeze=False)
+    for i in range(count):
+        image = np.asarray(images[i])[..., :3]
+        rows = (image, colourise(labels[i], num_classes, ignore_index), colourise(predictions[i], num_classes))
+        for row, (panel, title) in enumerate(zip(rows, ("image", "ground truth", "prediction"))):
+            axes[row, i].imshow(panel.squeeze() if panel.shape[-1] == 1 else panel, cmap="gray" if panel.shape[-1] == 1 else None)
+            axes[row, i].axis("off")
+            if i == 0:
+                axes[row, i].set_title(title, fontsize=9, loc="left")
+    if class_names:
+        colours = palette(num_classes) / 255.0
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in range(num_classes)]
+        figure.legend(handles, class_names, loc="lower center", ncol=min(num_classes, 8), fontsize=8)
+    figure.tight_layout(rect=(0, 0.05 if class_names else 0, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def save_curves(path, records: list[dict], keys=("loss", "miou")) -> None:
+    """Training and validation curves of `keys` from `metrics.jsonl` records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for split in ("train", "val"):
+            points = [(r["step"], r[key]) for r in records if r.get("split") == split and r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), label=split, marker="o" if split == "val" else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

@@ -1,0 +1,175 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, read top to bottom.
+
+Setup (data, model, optimiser, resume) -> compiled steps -> loop (train, log, evaluate,
+checkpoint) -> final evaluation and figures. The loop syncs with the device only at logging
+intervals; everything else is dispatched asynchronously.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from jaxseg.metrics import scores
+from jaxseg.tasks import segmentation
+from jaxseg.train.checkpoint import Checkpointer, abstract_like
+from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
+from jaxseg.train.optim import make_optimizer, nonfinite_counts
+from jaxseg.train.state import init_state, model_graphdef
+from jaxseg.train.step import eval_step, train_step
+
+log = logging.getLogger("jaxseg")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite updates: the run stops, checkpoints stay intact."""
+
+
+def enable_compilation_cache(directory) -> None:
+    """JAX's persistent compilation cache: a restart or a second run starts in seconds."""
+    if directory:
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(total, metrics):
+    return jax.tree.map(jnp.add, total, metrics)
+
+
+def summarize(total, count: int, prefix: str = "") -> dict:
+    """Means of accumulated scalar metrics plus scores of the accumulated confusion matrix."""
+    total = jax.device_get(total)
+    confusion = total.pop("confusion")
+    summary = {f"{prefix}{k}": float(v) / count for k, v in total.items() if k not in ("skipped",)}
+    if "skipped" in total:
+        summary[f"{prefix}skipped"] = int(total["skipped"])
+    summary.update({f"{prefix}{k}": v for k, v in scores(confusion).items()})
+    return summary
+
+
+def evaluate(state, hp, batches, compiled_eval, *, figure=None) -> dict:
+    """Stream the evaluation batches: losses weighted by valid images, one summed confusion."""
+    total, images = None, 0
+    for index in range(len(batches)):
+        batch = batches[index]
+        valid = int(batch["valid"].sum())
+        metrics = compiled_eval(state, jax.device_put(batch), hp)
+        weighted = {k: (v if k == "confusion" else v * valid) for k, v in metrics.items()}
+        total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
+        images += valid
+        if index == 0 and figure is not None:
+            figure(batch)
+    return summarize(total, images)
+
+
+def train_and_evaluate(config, workdir) -> dict:
+    """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final
+    validation metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    enable_compilation_cache(config.get("compilation_cache", ""))
+    is_main = jax.process_index() == 0
+    train_cfg = config.train
+
+    # ------------------------------------------------------------------ data
+    data = segmentation.make_data(config, workdir)
+    train_iter, val_batches = data.train, data.val
+    hp = segmentation.loss_hyperparameters(config, data.class_weights)
+
+    # ------------------------------------------------------------------ model, optimiser, resume
+    task = segmentation.SegmentationTask(config)
+    make_model = segmentation.model_factory(config, config.num_classes)
+    graphdef = model_graphdef(make_model)
+    tx = make_optimizer(config.optim, train_cfg.steps)
+    state = init_state(make_model, tx, config.seed)
+    checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
+    start = checkpoints.latest_step()
+    if start is not None:
+        state = checkpoints.restore(start, abstract_like(state), train_iter)
+        print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
+    start = int(state.step)
+
+    compiled_train = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed), donate_argnums=0
+    )
+    compiled_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task))
+    logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
+    config_dict = config.to_dict()
+
+    @jax.jit
+    def predict_logits(state, batch):
+        return task.apply(nnx.merge(graphdef, state.params, state.model_state), batch, train=False)
+
+    def figure(step):
+        def draw(batch):
+            if is_main:
+                logits = predict_logits(state, jax.device_put(batch))
+                save_prediction_figure(
+                    workdir / "figures" / f"val_step_{step:06d}.png", batch["image"], batch["label"],
+                    np.asarray(jnp.argmax(logits, -1)), num_classes=config.num_classes,
+                    ignore_index=config.data.ignore_index, class_names=list(data.class_names),
+                )
+        return draw
+
+    # ------------------------------------------------------------------ loop
+    total, count, last_log, val = None, 0, time.perf_counter(), {}
+    progress = tqdm(total=train_cfg.steps, initial=start, disable=not (is_main and train_cfg.progress),
+                    dynamic_ncols=True, desc="train")
+    stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
+    for step in range(start + 1, stop + 1):
+        batch = jax.device_put(next(train_iter))
+        state, metrics = compiled_train(state, batch, hp)
+        total = metrics if total is None else _accumulate(total, metrics)
+        count += 1
+        progress.update(1)
+
+        if step % train_cfg.log_every == 0 or step == stop:
+            consecutive, _ = jax.device_get(nonfinite_counts(state.opt_state))
+            summary = summarize(total, count)
+            elapsed = time.perf_counter() - last_log
+            summary["images_per_second"] = count * train_cfg.batch_size / elapsed
+            logger.write(step, "train", summary)
+            progress.set_postfix(loss=f"{summary['loss']:.3f}", miou=f"{summary['miou']:.3f}",
+                                 ips=f"{summary['images_per_second']:.0f}")
+            if summary["skipped"]:
+                log.warning("step %d: %d non-finite updates skipped in the last %d steps", step, summary["skipped"], count)
+            if consecutive >= config.optim.max_consecutive_nonfinite:
+                checkpoints.wait()
+                raise NonFiniteError(
+                    f"step {step}: {consecutive} consecutive non-finite updates (limit "
+                    f"config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
+                    f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
+                )
+            total, count, last_log = None, 0, time.perf_counter()
+
+        evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
+        if evaluate_now:
+            val = evaluate(state, hp, val_batches, compiled_eval, figure=figure(step))
+            logger.write(step, "val", val)
+            progress.write(f"step {step}: val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f}")
+            last_log = time.perf_counter()
+        if step % train_cfg.checkpoint_every == 0 or step == stop:
+            metrics = {"val_miou": val["miou"]} if evaluate_now else None
+            checkpoints.save(step, state, train_iter, config_dict, metrics)
+
+    # ------------------------------------------------------------------ wrap up
+    progress.close()
+    if not val:  # resumed at the last step: nothing trained, evaluate what is there
+        val = evaluate(state, hp, val_batches, compiled_eval)
+    checkpoints.wait()
+    checkpoints.close()
+    if is_main:
+        save_curves(workdir / "figures" / "curves.png", read_metrics(workdir))
+    logger.close()
+    return val

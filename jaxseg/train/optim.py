@@ -1,0 +1,88 @@
+"""The optax optimiser built from `config.optim`.
+
+    skip_if_nonfinite(chain(clip_by_global_norm, inject_hyperparams(core + decoupled weight decay)))
+
+Every hyperparameter that a schedule or an ablation changes lives in the optimiser state as
+an array (`opt_state...hyperparams["learning_rate"]`), so it can be logged and vmapped. L1 is
+a loss term (`l1_penalty`), not a transformation, because it is part of the objective.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "piecewise")
+
+
+def learning_rate_schedule(optim, total_steps: int):
+    """An optax schedule from `optim.schedule` and its options."""
+    lr = optim.learning_rate
+    kind = optim.schedule
+    if kind == "constant":
+        return optax.constant_schedule(lr)
+    if kind == "exponential":
+        return optax.exponential_decay(lr, transition_steps=optim.decay_steps, decay_rate=optim.decay_rate,
+                                       staircase=optim.get("staircase", False))
+    if kind == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=optim.end_fraction)
+    if kind == "warmup_cosine":
+        if not 0 <= optim.warmup_steps < total_steps:
+            raise ValueError(
+                f"config.optim.warmup_steps={optim.warmup_steps} must be in [0, config.train.steps={total_steps})"
+            )
+        return optax.warmup_cosine_decay_schedule(0.0, lr, optim.warmup_steps, total_steps, end_value=lr * optim.end_fraction)
+    if kind == "piecewise":
+        boundaries = {int(step): float(scale) for step, scale in zip(optim.boundaries, optim.scales)}
+        return optax.piecewise_constant_schedule(lr, boundaries)
+    raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}; got {kind!r}")
+
+
+def decay_mask(params):
+    """Weight decay (and L1) apply to kernels, not to biases or normalisation scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _core(name: str, optim, learning_rate, weight_decay):
+    if name == "sgd":
+        core = [optax.trace(decay=optim.momentum, nesterov=optim.get("nesterov", False))] if optim.momentum else []
+    else:
+        core = [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)]
+    # Decoupled weight decay (AdamW): added to the update before the learning-rate scaling.
+    return optax.chain(*core, optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
+    """The full chain for `config.optim` (see the module docstring)."""
+    if optim.name not in OPTIMIZERS:
+        raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}; got {optim.name!r}")
+    schedule = learning_rate_schedule(optim, total_steps)
+    weight_decay = optim.weight_decay if optim.name != "adam" else 0.0
+    core = optax.inject_hyperparams(lambda learning_rate, weight_decay: _core(optim.name, optim, learning_rate, weight_decay))(
+        learning_rate=schedule, weight_decay=weight_decay
+    )
+    chain = optax.chain(optax.clip_by_global_norm(optim.clip_norm), core) if optim.clip_norm else core
+    # Non-finite updates are skipped (state and parameters unchanged) and counted; the
+    # training loop stops after `max_consecutive_nonfinite` of them in a row.
+    return optax.apply_if_finite(chain, max_consecutive_errors=2**31 - 1)
+
+
+def l1_penalty(params):
+    """Sum of absolute kernel values (the same mask as weight decay)."""
+    leaves = [jnp.sum(jnp.abs(p)) for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep]
+    return sum(leaves) if leaves else jnp.zeros(())
+
+
+def current_learning_rate(opt_state):
+    """The learning rate the last update used (from the injected hyperparameters)."""
+    inner = opt_state.inner_state
+    inject = inner[1] if isinstance(inner, tuple) and len(inner) == 2 and hasattr(inner[1], "hyperparams") else inner
+    return inject.hyperparams["learning_rate"]
+
+
+def nonfinite_counts(opt_state):
+    """(consecutive, total) skipped non-finite updates, from `apply_if_finite`'s state."""
+    return opt_state.notfinite_count, opt_state.total_notfinite

@@ -1,0 +1,61 @@
+"""The pure train and evaluation steps: `train_step(state, batch, hp) -> (state, metrics)`.
+
+One function serves one CPU, a device mesh and a vmapped ablation: it has no Python state,
+reads randomness from `(seed, step)` and its hyperparameters from the array pytree `hp`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxseg.train.optim import current_learning_rate, l1_penalty
+from jaxseg.train.state import TrainState
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
+    """One optimisation step.
+
+    Returns the new state and per-step metrics: `loss` (the total objective), each loss
+    term, `grad_norm`, `learning_rate`, `skipped` (1 when the update was non-finite and not
+    applied: parameters, optimiser moments and BatchNorm statistics stay as they were) and
+    the task's batch statistics (e.g. a confusion matrix).
+    """
+    key = jax.random.fold_in(jax.random.key(seed), state.step)
+
+    def objective(params):
+        model = nnx.merge(graphdef, params, state.model_state, copy=True)
+        outputs = task.apply(model, batch, train=True, key=key)
+        loss, terms = task.loss(outputs, batch, hp)
+        loss = loss + hp["l1"] * l1_penalty(params)
+        return loss, (terms, outputs, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (terms, outputs, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state, state.model_state)
+    metrics = {
+        "loss": loss,
+        **{f"loss_{name}": value for name, value in terms.items()},
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": current_learning_rate(opt_state),
+        "skipped": 1 - finite.astype(jnp.int32),
+        **task.metrics(jax.lax.stop_gradient(outputs), batch),
+    }
+    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+
+def eval_step(state: TrainState, batch, hp, *, graphdef, task):
+    """Loss terms and batch statistics on one evaluation batch (padding excluded by `valid`)."""
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    outputs = task.apply(model, batch, train=False)
+    mask = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (batch["label"].ndim - 1)), batch["label"].shape)
+    loss, terms = task.loss(outputs, batch, hp, mask=mask)
+    return {"loss": loss, **{f"loss_{n}": v for n, v in terms.items()}, **task.metrics(outputs, batch, mask=mask)}

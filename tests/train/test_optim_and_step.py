@@ -1,0 +1,87 @@
+"""The optimiser from config and the pure train step's handling of non-finite updates."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxseg.tasks import segmentation
+from jaxseg.train.optim import current_learning_rate, l1_penalty, learning_rate_schedule, make_optimizer
+from jaxseg.train.state import init_state, model_graphdef
+from jaxseg.train.step import train_step
+
+
+def optim_config(**changes):
+    from configs import seg_shapes_unet
+
+    optim = seg_shapes_unet.get_config().optim
+    optim.update(changes)
+    return optim
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(schedule="constant"), {0: 4e-3, 500: 4e-3}),
+    (dict(schedule="exponential", decay_steps=100, decay_rate=0.5), {0: 4e-3, 100: 2e-3, 200: 1e-3}),
+    (dict(schedule="cosine", end_fraction=0.0), {0: 4e-3, 500: 2e-3, 1000: 0.0}),
+    (dict(schedule="warmup_cosine", warmup_steps=100, end_fraction=0.0), {0: 0.0, 50: 2e-3, 100: 4e-3, 1000: 0.0}),
+    (dict(schedule="piecewise", boundaries=(100, 300), scales=(0.1, 0.5)), {0: 4e-3, 150: 4e-4, 400: 2e-4}),
+])
+def test_schedules(changes, expected):
+    schedule = learning_rate_schedule(optim_config(**changes), total_steps=1000)
+    for step, value in expected.items():
+        assert float(schedule(step)) == pytest.approx(value, abs=1e-9)
+
+
+def test_unknown_schedule_and_optimizer_are_errors():
+    with pytest.raises(ValueError, match="config.optim.schedule must be one of"):
+        learning_rate_schedule(optim_config(schedule="linear"), 10)
+    with pytest.raises(ValueError, match="config.optim.name must be one of"):
+        make_optimizer(optim_config(name="adagrad"), 1000)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_decoupled_weight_decay_touches_kernels_only(name):
+    params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}
+    tx = make_optimizer(optim_config(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5, clip_norm=0.0), 10)
+    state = tx.init(params)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zero, state, params)
+    np.testing.assert_allclose(updates["bias"], 0.0)
+    expected = 0.0 if name == "adam" else -0.1 * 0.5  # adam has no decoupled decay
+    np.testing.assert_allclose(updates["kernel"], expected, atol=1e-7)
+    assert float(current_learning_rate(state)) == pytest.approx(0.1)
+
+
+def test_l1_penalty_sums_kernels():
+    assert float(l1_penalty({"kernel": -jnp.ones((2, 2)), "bias": jnp.ones(2)})) == 4.0
+
+
+def test_a_non_finite_step_changes_nothing_but_the_counters():
+    from configs import seg_shapes_unet
+
+    config = seg_shapes_unet.get_config()
+    config.model.update(depth=2, base_width=4)
+    make_model = segmentation.model_factory(config, 5)
+    tx = make_optimizer(config.optim, 1000)
+    state = init_state(make_model, tx, 0)
+    hp = segmentation.loss_hyperparameters(config)
+    step = jax.jit(functools.partial(train_step, graphdef=model_graphdef(make_model), tx=tx,
+                                     task=segmentation.SegmentationTask(config), seed=0))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8),
+             "label": rng.integers(0, 5, (2, 16, 16)).astype(np.int32)}
+    good, metrics = step(state, batch, hp)
+    assert int(metrics["skipped"]) == 0
+    bad, metrics = step(good, batch, dict(hp, l1=jnp.float32(jnp.nan)))
+    assert int(metrics["skipped"]) == 1 and int(bad.step) == int(good.step) + 1
+    for before, after in zip(jax.tree.leaves((good.params, good.model_state)), jax.tree.leaves((bad.params, bad.model_state))):
+        np.testing.assert_array_equal(before, after)
+    assert int(bad.opt_state.notfinite_count) == 1
+    recovered, metrics = step(bad, batch, hp)
+    assert int(metrics["skipped"]) == 0 and int(recovered.opt_state.notfinite_count) == 0

@@ -1,0 +1,28 @@
+"""Train a model: `python train.py --config=configs/seg_shapes_unet.py --workdir=DIR [--config.key=value ...]`.
+
+A thin entry point: flags in, `train_and_evaluate(config, workdir)` out. Running it again
+with the same workdir resumes from the latest checkpoint.
+"""
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
+    from jaxseg.train.loop import train_and_evaluate  # after flag parsing: keeps --help fast
+
+    metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print(f"final validation mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
