@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.unet import apply_norm, make_norm
+from jaxseg.models.pooling import max_pool_2x2
+from jaxseg.models.unet import apply_norm, conv, make_norm
 
 
 class FCN(nnx.Module):
@@ -36,13 +37,13 @@ class FCN(nnx.Module):
         widths = [base_width * 2**i for i in range(stages)]
         self.stages = stages
         self.convs = nnx.List(
-            [nnx.Conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), dtype=dtype, rngs=rngs)
+            [conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), dtype=dtype, rngs=rngs)
              for i, w in enumerate(widths)]
         )
         self.norms = nnx.List([make_norm(norm, w, groups=groups, dtype=dtype, rngs=rngs) for w in widths])
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
-        self.score_last = nnx.Conv(widths[-1], num_classes, (1, 1), dtype=dtype, rngs=rngs)
-        self.score_previous = nnx.Conv(widths[-2], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.score_last = conv(widths[-1], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.score_previous = conv(widths[-2], num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, key=None):
         stride = 2**self.stages
@@ -52,7 +53,7 @@ class FCN(nnx.Module):
         features = []
         for conv, norm in zip(self.convs, self.norms):
             x = nnx.relu(apply_norm(norm, conv(x), train))
-            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
             features.append(x)
         last = features[-1]
         if self.dropout is not None:

@@ -6,8 +6,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxseg.models.conv import conv_general_dilated
+from jaxseg.models.pooling import max_pool_2x2
+
 NORMS = ("batch", "group", "none")
 UPSAMPLING = ("bilinear", "transpose")
+
+
+def conv(in_features, features, kernel_size, **options):
+    """`nnx.Conv` with the CPU-friendly kernel gradient of `jaxseg.models.conv`."""
+    return nnx.Conv(in_features, features, kernel_size, conv_general_dilated=conv_general_dilated, **options)
 
 
 def make_norm(kind: str, features: int, *, groups: int, dtype, rngs: nnx.Rngs):
@@ -31,9 +39,9 @@ class ConvBlock(nnx.Module):
 
     def __init__(self, in_features, features, *, norm, groups, dropout, dtype, rngs: nnx.Rngs):
         use_bias = norm == "none"
-        self.conv1 = nnx.Conv(in_features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.conv1 = conv(in_features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.norm1 = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.norm2 = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
 
@@ -92,14 +100,14 @@ class UNet(nnx.Module):
             [
                 nnx.ConvTranspose(widths[i + 1], widths[i], (2, 2), strides=(2, 2), dtype=dtype, rngs=rngs)
                 if upsampling == "transpose"
-                else nnx.Conv(widths[i + 1], widths[i], (3, 3), dtype=dtype, rngs=rngs)
+                else conv(widths[i + 1], widths[i], (3, 3), dtype=dtype, rngs=rngs)
                 for i in reversed(range(depth))
             ]
         )
         self.decoder = nnx.List(
             [ConvBlock(2 * widths[i], widths[i], dropout=dropout, **block) for i in reversed(range(depth))]
         )
-        self.head = nnx.Conv(widths[0], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.head = conv(widths[0], num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False, key=None):
         stride = 2**self.depth
@@ -110,7 +118,7 @@ class UNet(nnx.Module):
         for block in self.encoder:
             x = block(x, train=train)
             skips.append(x)
-            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = self.bottleneck(x, train=train, key=keys[0])
         for i, (up, block) in enumerate(zip(self.up, self.decoder)):
             skip = skips[-1 - i]
