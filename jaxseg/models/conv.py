@@ -1,12 +1,13 @@
 """A drop-in `conv_general_dilated` for `nnx.Conv` with a faster kernel gradient on CPU.
 
 XLA's CPU backend computes the kernel gradient of a convolution as another convolution
-whose "kernel" is the whole output map; at large spatial size and few channels it ran 2-4x
-slower than the forward pass here (16x128x128, 32 -> 32 channels: forward 89 ms, kernel
-gradient 272 ms). For stride-1 "SAME" 2-D convolutions this module computes that gradient
-as im2col GEMMs over row blocks instead (`patches^T @ dy`, accumulated in a `lax.scan` so
-the patches of only one block exist at a time): 1.6-2.4x faster on the U-Net's layers. The
-forward pass and the input gradient stay XLA's own. Anything else falls back to
+whose "kernel" is the whole output map. Small ones are fast, but past about a GFLOP it fell
+to 20-60 GFLOP/s here, 2-4x slower than the forward pass (16x128x128, 32 -> 32 channels:
+forward 89 ms, kernel gradient 272 ms). For those large stride-1 "SAME" 2-D convolutions
+this module computes the gradient as im2col GEMMs over row blocks instead (`patches^T @ dy`,
+accumulated in a `lax.scan` so the patches of only one block exist at a time): 1.2-1.8x
+faster on such layers, and slower on small ones (0.3-0.8x below 0.3 GFLOP), hence the
+threshold `MIN_GRADIENT_FLOPS`. The forward pass and the input gradient stay XLA's own. Anything else falls back to
 `jax.lax.conv_general_dilated` unchanged, and so does every backend but the CPU (GPU and TPU
 convolution libraries have their own kernel-gradient algorithms).
 """
@@ -19,6 +20,7 @@ from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 BLOCK_PIXELS = 8192  # patches rows per GEMM block: large enough to be efficient, small to stay in cache
+MIN_GRADIENT_FLOPS = 1e9  # below this XLA's own kernel gradient was faster (measured on a 2-core x86 CPU)
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -65,9 +67,15 @@ def kernel_gradient(x, dy, kernel_shape):
     return total.reshape(kernel_shape).astype(x.dtype)
 
 
+def gradient_flops(x_shape, kernel_shape) -> float:
+    batch, height, width, _ = x_shape
+    kh, kw, cin, cout = kernel_shape
+    return 2.0 * batch * height * width * kh * kw * cin * cout
+
+
 @jax.custom_vjp
 def same_conv2d(x, kernel):
-    """Stride-1, "SAME", ungrouped NHWC/HWIO 2-D convolution with the faster kernel gradient."""
+    """Stride-1, "SAME", ungrouped NHWC/HWIO 2-D convolution with the row-block kernel gradient."""
     return _same_conv(x, kernel)
 
 
@@ -93,7 +101,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         jax.default_backend() == "cpu" and lhs.ndim == 4 and _is_nhwc(dimension_numbers) and padding == "SAME" and _plain(window_strides)
         and _plain(lhs_dilation) and _plain(rhs_dilation) and feature_group_count == 1 and precision is None
         and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None
-        and lhs.dtype == rhs.dtype
+        and lhs.dtype == rhs.dtype and gradient_flops(lhs.shape, rhs.shape) >= MIN_GRADIENT_FLOPS
     )
     if fast:
         return same_conv2d(lhs, rhs)
