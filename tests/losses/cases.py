@@ -65,4 +65,6 @@ ZERO_AT_PERFECT = [
     "cross_entropy_weighted", "focal_multiclass", "focal_multiclass_gamma_half", "dice", "jaccard",
     "tversky", "generalized_dice", "lovasz", "gradient", "gradient_sobel_l1",
 ]
-NONNEGATIVE = [name for name in LOSSES if name != "boundary"]
+# The boundary loss is signed by design (distance maps are negative inside the objects), and
+# so is the composed loss that includes it.
+NONNEGATIVE = [name for name in LOSSES if name not in ("boundary", "segmentation")]
