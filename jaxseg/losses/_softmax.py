@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
+from jaxseg.losses._common import logsumexp
+
 
 class SoftmaxStats(NamedTuple):
     """Reductions of `p = softmax(logits)`; fields not requested are None.
@@ -43,11 +45,6 @@ class SoftmaxStats(NamedTuple):
     prob_sums: jax.Array | None = None
     label_prob_sums: jax.Array | None = None
     weighted_sum: jax.Array | None = None
-
-
-def _logsumexp(x):
-    peak = jnp.max(x, axis=-1, keepdims=True)
-    return jnp.log(jnp.sum(jnp.exp(x - peak), axis=-1)) + peak[..., 0]
 
 
 def _label_segments(labels, num_classes: int, per_image: bool):
@@ -69,13 +66,13 @@ def _is_label(logits, labels):
 
 def _forward(logits, labels, valid, weight_map, other_lse: bool, class_sums: bool, per_image: bool):
     num_classes = logits.shape[-1]
-    lse = _logsumexp(logits)
+    lse = logsumexp(logits)
     label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
     stats = SoftmaxStats(lse, label_logit)
     if other_lse:
         if num_classes < 2:
             raise ValueError("the log-sum-exp of the other classes needs at least 2 classes")
-        stats = stats._replace(other_lse=_logsumexp(jnp.where(_is_label(logits, labels), -jnp.inf, logits)))
+        stats = stats._replace(other_lse=logsumexp(jnp.where(_is_label(logits, labels), -jnp.inf, logits)))
     if class_sums:
         probs = jnp.exp(logits - lse[..., None])
         prob_sums = jnp.sum(probs * valid[..., None], axis=_class_axes(logits.ndim, per_image))

@@ -14,6 +14,7 @@ from jaxseg.tasks import segmentation
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.optim import make_optimizer
 from jaxseg.train.state import init_state, model_graphdef
+from jaxseg.train.step import eval_outputs
 
 
 class Restored(NamedTuple):
@@ -48,11 +49,5 @@ def restore(workdir, step: str | int = "best") -> Restored:
 
 def logits_fn(restored: Restored):
     """A jitted `batch -> logits` for uint8 images `[B, H, W, C_in]` (evaluation mode)."""
-    graphdef, state, task = restored.graphdef, restored.state, restored.task
-
-    @jax.jit
-    def apply(images):
-        model = nnx.merge(graphdef, state.params, state.model_state)
-        return task.apply(model, {"image": images}, train=False)
-
-    return apply
+    outputs = jax.jit(functools.partial(eval_outputs, graphdef=restored.graphdef, task=restored.task))
+    return lambda images: outputs(restored.state, {"image": images})

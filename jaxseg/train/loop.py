@@ -15,7 +15,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from jaxseg.metrics import scores
@@ -24,7 +23,7 @@ from jaxseg.train.checkpoint import Checkpointer, abstract_like
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
 from jaxseg.train.optim import make_optimizer, nonfinite_counts
 from jaxseg.train.state import init_state, model_graphdef
-from jaxseg.train.step import eval_step, train_step
+from jaxseg.train.step import eval_outputs, eval_step, train_step
 
 log = logging.getLogger("jaxseg")
 
@@ -47,14 +46,14 @@ def _accumulate(total, metrics):
     return jax.tree.map(jnp.add, total, metrics)
 
 
-def summarize(total, count: int, prefix: str = "") -> dict:
+def summarize(total, count: int) -> dict:
     """Means of accumulated scalar metrics plus scores of the accumulated confusion matrix."""
     total = jax.device_get(total)
     confusion = total.pop("confusion")
-    summary = {f"{prefix}{k}": float(v) / count for k, v in total.items() if k not in ("skipped",)}
+    summary = {k: float(v) / count for k, v in total.items() if k != "skipped"}
     if "skipped" in total:
-        summary[f"{prefix}skipped"] = int(total["skipped"])
-    summary.update({f"{prefix}{k}": v for k, v in scores(confusion).items()})
+        summary["skipped"] = int(total["skipped"])
+    summary.update(scores(confusion))
     return summary
 
 
@@ -107,9 +106,7 @@ def train_and_evaluate(config, workdir) -> dict:
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
 
-    @jax.jit
-    def predict_logits(state, batch):
-        return task.apply(nnx.merge(graphdef, state.params, state.model_state), batch, train=False)
+    predict_logits = jax.jit(functools.partial(eval_outputs, graphdef=graphdef, task=task))
 
     def figure(step):
         def draw(batch):

@@ -52,10 +52,14 @@ def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
     return TrainState(state.step + 1, params, model_state, opt_state), metrics
 
 
+def eval_outputs(state: TrainState, batch, *, graphdef, task):
+    """The model's outputs for `batch` in evaluation mode (running BatchNorm statistics)."""
+    return task.apply(nnx.merge(graphdef, state.params, state.model_state), batch, train=False)
+
+
 def eval_step(state: TrainState, batch, hp, *, graphdef, task):
     """Loss terms and batch statistics on one evaluation batch (padding excluded by `valid`)."""
-    model = nnx.merge(graphdef, state.params, state.model_state)
-    outputs = task.apply(model, batch, train=False)
+    outputs = eval_outputs(state, batch, graphdef=graphdef, task=task)
     mask = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (batch["label"].ndim - 1)), batch["label"].shape)
     loss, terms = task.loss(outputs, batch, hp, mask=mask)
     return {"loss": loss, **{f"loss_{n}": v for n, v in terms.items()}, **task.metrics(outputs, batch, mask=mask)}
