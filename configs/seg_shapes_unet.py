@@ -15,6 +15,15 @@ def get_config():
     config.num_classes = 5
     config.compilation_cache = "~/.cache/jaxseg/xla"
     config.tensorboard = True
+    # Multi-process runs (TPU pod slices, several GPU hosts): jax.distributed.initialize() is
+    # called when this is true or JAX_COORDINATOR_ADDRESS is set (README "Scaling out").
+    config.distributed = False
+    config.mesh = dict(
+        axes=("data",),             # the batch is split over "data"
+        shape=(-1,),                # -1: all remaining devices
+        axis_types=("auto",),       # "auto" (XLA propagates shardings) or "explicit"
+        fsdp_min_size=0,            # > 0: split arrays of at least this many elements over "data"
+    )
 
     config.data = dict(
         name="shapes",              # "shapes" (generated) or "folder" (images/ + masks/)

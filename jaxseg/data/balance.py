@@ -9,6 +9,7 @@ frequencies). The statistics are cached as JSON so they are computed once per da
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,10 @@ def cached_statistics(source, num_classes: int, *, ignore_index, cache_file) -> 
             return cached
     stats = dict(label_statistics(source, num_classes, ignore_index=ignore_index), key=key)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps(stats))
+    # Written to a private file and renamed: processes sharing a workdir never read half a file.
+    partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(stats))
+    partial.replace(cache_file)
     return stats
 
 

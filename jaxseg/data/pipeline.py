@@ -2,8 +2,10 @@
 
 Batches are host-local NumPy dicts: `image` uint8 `[b, H, W, C_in]` (normalised on device),
 `label` int32 `[b, H, W]`, and for evaluation `valid` bool `[b]` (False marks the padding of
-the last batch). Each process reads every `process_count`-th sample starting at its index.
-The training iterator's state (`get_state`/`set_state`) is saved with the checkpoints.
+the last batch). The training stream is shuffled and augmented as one global stream; process
+`p` of `P` takes its elements `p, p + P, ...`, so the global batch (all processes' rows) holds
+the same examples, augmented the same way, whatever the number of processes. The training
+iterator's state (`get_state`/`set_state`) is saved with the checkpoints.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ def train_dataset(
     """
     if sample_indices is not None:
         source = _Indexed(source, sample_indices)
-    dataset = grain.MapDataset.source(source)[process_index::process_count]
-    if len(dataset) < batch_size:
-        raise ValueError(f"{len(dataset)} training samples on this process is fewer than the batch size {batch_size}")
+    dataset = grain.MapDataset.source(source)
+    if len(dataset) < batch_size * process_count:
+        raise ValueError(f"{len(dataset)} training samples are fewer than the global batch size {batch_size * process_count}")
     dataset = dataset.shuffle(seed=seed).repeat(None)
     transform = functools.partial(
         augment, size=tuple(image_size), scale_range=tuple(scale_range), flip=flip, jitter=jitter, ignore_index=ignore_index
     )
     dataset = dataset.random_map(lambda example, rng: transform(example, rng), seed=seed)
+    # Sliced after the random map: an element's augmentation depends on its global position.
+    dataset = dataset[process_index::process_count]
     if distance_maps_for:
         dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
     dataset = dataset.batch(batch_size, drop_remainder=True)
@@ -80,16 +84,43 @@ def _with_distance_maps(example, *, num_classes: int, ignore_index):
 
 def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_index: int = 255,
                  process_index: int = 0, process_count: int = 1, distance_maps_for: int | None = None):
-    """A finite list-like `grain.MapDataset` of batches covering this process's share once.
+    """A finite list-like sequence of batches covering this process's share once.
 
     The last batch is padded to `batch_size` (padding: image 0, label `ignore_index`,
-    `valid=False`) so every batch has one shape and the evaluation step compiles once.
+    `valid=False`) so every batch has one shape and the evaluation step compiles once. Every
+    process gets the same number of batches (the global evaluation step needs all of them),
+    so a process with one sample fewer ends with a batch of padding.
     """
+    if len(source) < process_count:
+        raise ValueError(f"{len(source)} evaluation samples cannot be shared by {process_count} processes")
     dataset = grain.MapDataset.source(source)[process_index::process_count]
     dataset = dataset.map(lambda example: fit(example, size=tuple(image_size)))
     if distance_maps_for:
         dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
-    return dataset.batch(batch_size, batch_fn=functools.partial(_pad_batch, batch_size=batch_size, ignore_index=ignore_index))
+    batches = dataset.batch(batch_size, batch_fn=functools.partial(_pad_batch, batch_size=batch_size, ignore_index=ignore_index))
+    per_process = -(-len(source) // process_count)
+    return _EqualCount(batches, -(-per_process // batch_size), ignore_index)
+
+
+class _EqualCount:
+    """`batches` extended to `count` batches with all-padding ones."""
+
+    def __init__(self, batches, count: int, ignore_index):
+        self.batches, self.count, self.ignore_index = batches, count, ignore_index
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        if index < len(self.batches):
+            return self.batches[index]
+        fill = {"label": self.ignore_index if self.ignore_index is not None else 0}
+        template = self.batches[0]
+        padding = {key: np.full_like(value, fill.get(key, 0)) for key, value in template.items()}
+        padding["valid"] = np.zeros_like(template["valid"])
+        return padding
 
 
 def _pad_batch(examples, *, batch_size: int, ignore_index: int):

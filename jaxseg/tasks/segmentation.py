@@ -53,8 +53,9 @@ def make_data(config, workdir) -> Data:
         raise ValueError(
             f"config.num_classes={config.num_classes} but the {config.data.name} data has {train_source.num_classes} classes"
         )
-    if config.train.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} must divide by {jax.process_count()} processes")
+    for key in ("batch_size", "eval_batch_size"):
+        if config.train[key] % jax.process_count():
+            raise ValueError(f"config.train.{key}={config.train[key]} must divide by {jax.process_count()} processes")
     stats_file = Path(workdir) / "label_statistics.json"
     class_weights = data_class_weights(config, train_source, stats_file)
     sample_indices = None
@@ -73,7 +74,7 @@ def make_data(config, workdir) -> Data:
         scale_range=config.data.scale_range, flip=config.data.flip, jitter=config.data.jitter,
         sample_indices=sample_indices, num_threads=config.data.num_threads, **shared,
     ))
-    val = eval_batches(val_source, batch_size=config.train.eval_batch_size, **shared)
+    val = eval_batches(val_source, batch_size=config.train.eval_batch_size // jax.process_count(), **shared)
     return Data(train, val, class_weights, tuple(train_source.class_names))
 
 

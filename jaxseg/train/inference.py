@@ -40,7 +40,10 @@ def restore(workdir, step: str | int = "best") -> Restored:
         config = ml_collections.ConfigDict(checkpoints.restore_config(chosen))
         make_model = segmentation.model_factory(config, config.num_classes)
         tx = make_optimizer(config.optim, config.train.steps)
-        abstract = jax.eval_shape(functools.partial(init_state, make_model, tx, config.seed))
+        # Onto this process's first device, whatever mesh the checkpoint was saved from.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                jax.eval_shape(functools.partial(init_state, make_model, tx, config.seed)))
         state = checkpoints.restore(chosen, abstract)
     finally:
         checkpoints.close()

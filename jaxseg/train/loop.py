@@ -1,8 +1,10 @@
 """The training loop: `train_and_evaluate(config, workdir)`, read top to bottom.
 
-Setup (data, model, optimiser, resume) -> compiled steps -> loop (train, log, evaluate,
-checkpoint) -> final evaluation and figures. The loop syncs with the device only at logging
-intervals; everything else is dispatched asynchronously.
+Setup (processes, mesh, data, model, optimiser, resume) -> compiled steps -> loop (train,
+log, evaluate, checkpoint) -> final evaluation and figures. The same loop runs on one device,
+a mesh of devices and many processes (see `jaxseg.train.parallel`). It syncs with the devices
+at logging intervals and, on a mesh, at least every `SYNC_EVERY` steps: CPU collectives
+stall when too many steps are in flight; everything else is dispatched asynchronously.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm import tqdm
 
 from jaxseg.metrics import scores
 from jaxseg.tasks import segmentation
+from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer, abstract_like
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
 from jaxseg.train.optim import make_optimizer, nonfinite_counts
@@ -26,6 +29,7 @@ from jaxseg.train.state import init_state, model_graphdef
 from jaxseg.train.step import eval_outputs, eval_step, train_step
 
 log = logging.getLogger("jaxseg")
+SYNC_EVERY = 16
 
 
 class NonFiniteError(RuntimeError):
@@ -46,9 +50,10 @@ def _accumulate(total, metrics):
     return jax.tree.map(jnp.add, total, metrics)
 
 
-def summarize(total, count: int) -> dict:
+def summarize(total, count) -> dict:
     """Means of accumulated scalar metrics plus scores of the accumulated confusion matrix."""
     total = jax.device_get(total)
+    count = float(count)
     confusion = total.pop("confusion")
     summary = {k: float(v) / count for k, v in total.items() if k != "skipped"}
     if "skipped" in total:
@@ -57,41 +62,52 @@ def summarize(total, count: int) -> dict:
     return summary
 
 
-def evaluate(state, hp, batches, compiled_eval, *, figure=None) -> dict:
-    """Stream the evaluation batches: losses weighted by valid images, one summed confusion."""
-    total, images = None, 0
+def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=None) -> dict:
+    """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
+    losses and confusion matrices, one division by the number of valid images at the end.
+    `figure(host_batch, device_batch)` is called with the first batch."""
+    total = None
     for index in range(len(batches)):
-        batch = batches[index]
-        valid = int(batch["valid"].sum())
-        metrics = compiled_eval(state, jax.device_put(batch), hp)
-        weighted = {k: (v if k == "confusion" else v * valid) for k, v in metrics.items()}
-        total = weighted if total is None else jax.tree.map(jnp.add, total, weighted)
-        images += valid
+        host = batches[index]
+        batch = place(host)
+        metrics = compiled_eval(state, batch, hp)
+        total = metrics if total is None else _accumulate(total, metrics)
+        if index % SYNC_EVERY == SYNC_EVERY - 1:
+            jax.block_until_ready(total)
         if index == 0 and figure is not None:
-            figure(batch)
-    return summarize(total, images)
+            figure(host, batch)
+    images = total.pop("images")
+    return summarize(total, jax.device_get(images))
 
 
 def train_and_evaluate(config, workdir) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final
     validation metrics."""
+    parallel.initialize_distributed(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache(config.get("compilation_cache", ""))
     is_main = jax.process_index() == 0
     train_cfg = config.train
+    mesh = parallel.make_mesh(config.get("mesh"))
+    parallel.check_batch_size(train_cfg.batch_size, mesh)
+    parallel.check_batch_size(train_cfg.eval_batch_size, mesh, "config.train.eval_batch_size")
+    place = functools.partial(parallel.global_batch, mesh=mesh)
+    sync_every = SYNC_EVERY if mesh.size > 1 else None
 
     # ------------------------------------------------------------------ data
     data = segmentation.make_data(config, workdir)
     train_iter, val_batches = data.train, data.val
-    hp = segmentation.loss_hyperparameters(config, data.class_weights)
+    hp = parallel.replicate(segmentation.loss_hyperparameters(config, data.class_weights), mesh)
 
     # ------------------------------------------------------------------ model, optimiser, resume
     task = segmentation.SegmentationTask(config)
     make_model = segmentation.model_factory(config, config.num_classes)
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, train_cfg.steps)
-    state = init_state(make_model, tx, config.seed)
+    abstract_state = jax.eval_shape(lambda: init_state(make_model, tx, config.seed))
+    state_sharding = parallel.state_shardings(abstract_state, mesh, config.get("mesh", {}).get("fsdp_min_size", 0))
+    state = init_state(make_model, tx, config.seed, shardings=state_sharding)
     checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is not None:
@@ -99,22 +115,25 @@ def train_and_evaluate(config, workdir) -> dict:
         print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
     start = int(state.step)
 
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     compiled_train = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed), donate_argnums=0
+        functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed), donate_argnums=0,
+        in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=(state_sharding, replicated),
     )
-    compiled_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task))
+    compiled_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
+                            in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated)
+    predict_labels = jax.jit(lambda state, batch: jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), -1),
+                             in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
 
-    predict_logits = jax.jit(functools.partial(eval_outputs, graphdef=graphdef, task=task))
-
     def figure(step):
-        def draw(batch):
-            if is_main:
-                logits = predict_logits(state, jax.device_put(batch))
+        def draw(host, batch):
+            predictions = predict_labels(state, batch)  # every process takes part ...
+            if is_main:  # ... process 0 draws its own rows
                 save_prediction_figure(
-                    workdir / "figures" / f"val_step_{step:06d}.png", batch["image"], batch["label"],
-                    np.asarray(jnp.argmax(logits, -1)), num_classes=config.num_classes,
+                    workdir / "figures" / f"val_step_{step:06d}.png", host["image"], host["label"],
+                    parallel.local_rows(predictions), num_classes=config.num_classes,
                     ignore_index=config.data.ignore_index, class_names=list(data.class_names),
                 )
         return draw
@@ -125,10 +144,12 @@ def train_and_evaluate(config, workdir) -> dict:
                     dynamic_ncols=True, desc="train")
     stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
     for step in range(start + 1, stop + 1):
-        batch = jax.device_put(next(train_iter))
+        batch = place(next(train_iter))
         state, metrics = compiled_train(state, batch, hp)
         total = metrics if total is None else _accumulate(total, metrics)
         count += 1
+        if sync_every and step % sync_every == 0:
+            jax.block_until_ready(total)
         progress.update(1)
 
         if step % train_cfg.log_every == 0 or step == stop:
@@ -152,7 +173,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
         evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
         if evaluate_now:
-            val = evaluate(state, hp, val_batches, compiled_eval, figure=figure(step))
+            val = evaluate(state, hp, val_batches, compiled_eval, place=place, figure=figure(step))
             logger.write(step, "val", val)
             progress.write(f"step {step}: val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f}")
             last_log = time.perf_counter()
@@ -163,7 +184,7 @@ def train_and_evaluate(config, workdir) -> dict:
     # ------------------------------------------------------------------ wrap up
     progress.close()
     if not val:  # resumed at the last step: nothing trained, evaluate what is there
-        val = evaluate(state, hp, val_batches, compiled_eval)
+        val = evaluate(state, hp, val_batches, compiled_eval, place=place)
     checkpoints.wait()
     checkpoints.close()
     if is_main:

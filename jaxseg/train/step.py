@@ -58,8 +58,14 @@ def eval_outputs(state: TrainState, batch, *, graphdef, task):
 
 
 def eval_step(state: TrainState, batch, hp, *, graphdef, task):
-    """Loss terms and batch statistics on one evaluation batch (padding excluded by `valid`)."""
+    """Loss terms and batch statistics of one evaluation batch, padding excluded by `valid`.
+
+    Losses come as sums over the batch's valid images (`images` of them), so batches of a
+    split, and the shares of several processes, add up before one division.
+    """
     outputs = eval_outputs(state, batch, graphdef=graphdef, task=task)
     mask = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (batch["label"].ndim - 1)), batch["label"].shape)
     loss, terms = task.loss(outputs, batch, hp, mask=mask)
-    return {"loss": loss, **{f"loss_{n}": v for n, v in terms.items()}, **task.metrics(outputs, batch, mask=mask)}
+    images = jnp.sum(batch["valid"].astype(jnp.float32))
+    losses = {"loss": loss, **{f"loss_{n}": v for n, v in terms.items()}}
+    return {**{k: v * images for k, v in losses.items()}, "images": images, **task.metrics(outputs, batch, mask=mask)}

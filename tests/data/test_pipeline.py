@@ -84,3 +84,24 @@ def test_class_weights_and_resampling():
     assert counts[0] == 1 and counts[1] == 2 and counts[2] in (1, 2)
     with pytest.raises(ValueError, match="class weighting must be one of"):
         balance.class_weights(pixels, "sqrt")
+
+
+def test_processes_share_one_global_training_stream():
+    # Two processes with batch 2 each hold, step by step, the examples of one process with
+    # batch 4, augmented identically: the global batch does not depend on the process count.
+    make = lambda index, count, batch: iter(train_dataset(  # noqa: E731
+        ShapesSource(10, size=32), batch_size=batch, image_size=(32, 32), seed=3, jitter=0.2,
+        process_index=index, process_count=count))
+    single, shares = make(0, 1, 4), [make(i, 2, 2) for i in range(2)]
+    for _ in range(4):  # crosses an epoch boundary
+        whole = next(single)["image"]
+        parts = [next(share)["image"] for share in shares]
+        np.testing.assert_array_equal(np.concatenate([parts[0], parts[1]]), whole[[0, 2, 1, 3]])
+
+
+def test_every_process_gets_the_same_number_of_eval_batches():
+    source = ShapesSource(9, size=32)  # 5 + 4 samples: the second process ends with padding
+    shares = [eval_batches(source, batch_size=1, image_size=(32, 32), process_index=i, process_count=2) for i in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 5
+    assert not shares[1][4]["valid"].any() and shares[0][4]["valid"].all()
+    assert sum(int(share[i]["valid"].sum()) for share in shares for i in range(5)) == 9

@@ -1,0 +1,77 @@
+"""Training runs for the device-mesh and multi-process tests, run in subprocesses.
+
+    python -m tests.train.parallel_runs meshes WORKDIR        # in a process with 8 CPU devices
+    python -m tests.train.parallel_runs process WORKDIR STOP  # each of several processes
+    python -m tests.train.parallel_runs single WORKDIR        # the same run in one process
+
+`meshes` trains the same config on meshes of 1 and 8 devices (and 8 with FSDP-style state
+sharding) in `WORKDIR/{single,data8,fsdp8}`. `process` trains in `WORKDIR/run` as one of the
+processes named by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, stopping
+after step STOP (0: the end), then restores the latest checkpoint on this process and writes
+its parameters and the final metrics to `WORKDIR/process_{i}.npz` / `.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MESHES = {"single": ((1,), 0), "data8": ((8,), 0), "fsdp8": ((8,), 64)}
+
+
+def config_for(mesh_shape=(-1,), fsdp_min_size=0, stop_after=0):
+    from tests.train.tiny import tiny_config
+
+    config = tiny_config()
+    config.train.update(steps=6, batch_size=8, eval_batch_size=8, log_every=1, eval_every=3, checkpoint_every=3,
+                        stop_after=stop_after)
+    config.mesh.shape = tuple(mesh_shape)
+    config.mesh.fsdp_min_size = fsdp_min_size
+    return config
+
+
+def flat_params(state) -> dict:
+    import jax
+    import numpy as np
+
+    leaves = jax.tree_util.tree_leaves_with_path(state.params)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def meshes(workdir: Path) -> None:
+    from jaxseg.train.loop import train_and_evaluate
+
+    for name, (shape, fsdp) in MESHES.items():
+        metrics = train_and_evaluate(config_for(shape, fsdp), workdir / name)
+        (workdir / f"{name}.json").write_text(json.dumps(metrics))
+
+
+def process(workdir: Path, stop_after: int) -> None:
+    import jax
+    import numpy as np
+
+    from jaxseg.train import parallel
+    from jaxseg.train.inference import restore
+    from jaxseg.train.loop import train_and_evaluate
+
+    config = config_for(stop_after=stop_after)
+    parallel.initialize_distributed(config)
+    metrics = train_and_evaluate(config, workdir / "run")
+    index = jax.process_index()
+    restored = restore(workdir / "run", "latest")
+    np.savez(workdir / f"process_{index}.npz", **flat_params(restored.state))
+    (workdir / f"process_{index}.json").write_text(json.dumps(
+        dict(metrics, devices=jax.device_count(), processes=jax.process_count(), step=restored.step)))
+
+
+if __name__ == "__main__":
+    command, workdir = sys.argv[1], Path(sys.argv[2])
+    if command == "meshes":
+        meshes(workdir)
+    elif command == "single":
+        from jaxseg.train.loop import train_and_evaluate
+
+        train_and_evaluate(config_for(), workdir)
+    else:
+        process(workdir, int(sys.argv[3]))
