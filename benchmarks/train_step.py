@@ -9,7 +9,7 @@ one full step (forward, backward, update) on a fixed batch, the same number of t
 PyTorch runs eager (NCHW), eager channels_last and torch.compile when installed. Each
 implementation runs its steps as one block (not interleaved: PyTorch's OpenMP threads keep
 spinning after a step and would slow whatever runs next); the table reports the median step
-time. Runs unchanged on a GPU host.
+time. Runs unchanged on a GPU host: when JAX runs on a GPU, PyTorch runs on CUDA too.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def torch_steps(args, images, labels):
     from torch import nn
 
     torch.set_num_threads(os.cpu_count())
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
     class Block(nn.Sequential):
         def __init__(self, cin, cout):
@@ -101,15 +102,15 @@ def torch_steps(args, images, labels):
                 x = block(torch.cat([x, skip], 1))
             return self.head(x)
 
-    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float() / 255.0
-    y = torch.from_numpy(labels.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float().to(device) / 255.0
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
     variants = {"torch eager": (False, False), "torch eager channels_last": (True, False)}
     if args.compile:
         variants["torch.compile"] = (True, True)
     result = {}
     for name, (channels_last, compiled) in variants.items():
         torch.manual_seed(0)
-        model = UNet(args.classes, args.depth, args.base_width)
+        model = UNet(args.classes, args.depth, args.base_width).to(device)
         inputs = x
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -84,9 +84,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def abstract_like(state):
-    """`jax.ShapeDtypeStruct`s (with shardings) of `state`, the restore target."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state
-    )

@@ -16,17 +16,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from jaxseg.metrics import scores
 from jaxseg.tasks import segmentation
 from jaxseg.train import parallel
-from jaxseg.train.checkpoint import Checkpointer, abstract_like
+from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
-from jaxseg.train.optim import make_optimizer, nonfinite_counts
-from jaxseg.train.state import init_state, model_graphdef
-from jaxseg.train.step import eval_outputs, eval_step, train_step
+from jaxseg.train.optim import nonfinite_counts
+from jaxseg.train.program import compile_program
 
 log = logging.getLogger("jaxseg")
 SYNC_EVERY = 16
@@ -101,35 +99,22 @@ def train_and_evaluate(config, workdir) -> dict:
     hp = parallel.replicate(segmentation.loss_hyperparameters(config, data.class_weights), mesh)
 
     # ------------------------------------------------------------------ model, optimiser, resume
-    task = segmentation.SegmentationTask(config)
-    make_model = segmentation.model_factory(config, config.num_classes)
-    graphdef = model_graphdef(make_model)
-    tx = make_optimizer(config.optim, train_cfg.steps)
-    abstract_state = jax.eval_shape(lambda: init_state(make_model, tx, config.seed))
-    state_sharding = parallel.state_shardings(abstract_state, mesh, config.get("mesh", {}).get("fsdp_min_size", 0))
-    state = init_state(make_model, tx, config.seed, shardings=state_sharding)
+    program = compile_program(config, mesh)
     checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
     start = checkpoints.latest_step()
-    if start is not None:
-        state = checkpoints.restore(start, abstract_like(state), train_iter)
+    if start is None:
+        state = program.init()
+    else:
+        state = checkpoints.restore(start, program.abstract_state, train_iter)
         print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
     start = int(state.step)
-
-    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    compiled_train = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed), donate_argnums=0,
-        in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=(state_sharding, replicated),
-    )
-    compiled_eval = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
-                            in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated)
-    predict_labels = jax.jit(lambda state, batch: jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), -1),
-                             in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)
+    compiled_train, compiled_eval = program.train, program.eval
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
 
     def figure(step):
         def draw(host, batch):
-            predictions = predict_labels(state, batch)  # every process takes part ...
+            predictions = program.predict(state, batch)  # every process takes part ...
             if is_main:  # ... process 0 draws its own rows
                 save_prediction_figure(
                     workdir / "figures" / f"val_step_{step:06d}.png", host["image"], host["label"],
