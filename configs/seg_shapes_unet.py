@@ -91,6 +91,13 @@ def get_config():
         clip_norm=1.0,
         max_consecutive_nonfinite=10,
     )
+    # Loss ablations: K variants in one program (configs/ablation_seg_losses.py; README).
+    config.ablation = dict(
+        variants={},                # name -> {dotted config key: value}
+        grid={},                    # dotted config key -> list of values (product)
+        strategy="auto",            # "vmap", "unroll" or "auto" (unroll on CPU, vmap elsewhere)
+        same_init=True,             # False: member i initialises (and drops out) with seed + i
+    )
     config.train = dict(
         steps=3500,
         batch_size=8,

@@ -39,34 +39,43 @@ def colourise(mask, num_classes: int, ignore_index=None) -> np.ndarray:
 
 class MetricsLogger:
     """Appends one JSON object per record to `WORKDIR/metrics.jsonl` and mirrors scalars to
-    TensorBoard (`WORKDIR/tensorboard`)."""
+    TensorBoard (`WORKDIR/tensorboard`; an ablation's members get one run each,
+    `WORKDIR/tensorboard/MEMBER`)."""
 
     def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
-        self.writer = None
+        self.workdir = Path(workdir)
+        self.path = self.workdir / "metrics.jsonl"
+        self.tensorboard = tensorboard
+        self.writers = {}
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from tensorboardX import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+    def _writer(self, member):
+        if member not in self.writers:
+            from tensorboardX import SummaryWriter
 
-    def write(self, step: int, split: str, values: dict) -> None:
+            directory = self.workdir / "tensorboard" / (member or "")
+            self.writers[member] = SummaryWriter(str(directory))
+        return self.writers[member]
+
+    def write(self, step: int, split: str, values: dict, member: str | None = None) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in values.items()}}
+        record = {"step": int(step), "split": split, **({"member": member} if member is not None else {}),
+                  **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
+        if self.tensorboard:
+            writer = self._writer(member)
             for name, value in record.items():
                 if name not in ("step", "split") and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(f"{split}/{name}", value, step)
-            self.writer.flush()
+                    writer.add_scalar(f"{split}/{name}", value, step)
+            writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
 def _plain(value):

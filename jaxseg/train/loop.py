@@ -16,15 +16,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
+from jaxseg.ablation import report, strategies, variants
 from jaxseg.metrics import scores
 from jaxseg.tasks import segmentation
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
 from jaxseg.train.optim import nonfinite_counts
-from jaxseg.train.program import compile_program
+from jaxseg.train.program import compile_member_program, compile_program
 
 log = logging.getLogger("jaxseg")
 SYNC_EVERY = 16
@@ -60,10 +62,11 @@ def summarize(total, count) -> dict:
     return summary
 
 
-def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=None) -> dict:
+def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=None, members=None):
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
     losses and confusion matrices, one division by the number of valid images at the end.
-    `figure(host_batch, device_batch)` is called with the first batch."""
+    `figure(host_batch, device_batch)` is called with the first batch. With `members=K` the
+    metrics carry a member axis and a list of K summaries is returned."""
     total = None
     for index in range(len(batches)):
         host = batches[index]
@@ -74,8 +77,11 @@ def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=
             jax.block_until_ready(total)
         if index == 0 and figure is not None:
             figure(host, batch)
+    total = jax.device_get(total)
     images = total.pop("images")
-    return summarize(total, jax.device_get(images))
+    if members is None:
+        return summarize(total, images)
+    return [summarize(strategies.take(total, k), images[k]) for k in range(members)]
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -96,10 +102,24 @@ def train_and_evaluate(config, workdir) -> dict:
     # ------------------------------------------------------------------ data
     data = segmentation.make_data(config, workdir)
     train_iter, val_batches = data.train, data.val
-    hp = parallel.replicate(segmentation.loss_hyperparameters(config, data.class_weights), mesh)
 
     # ------------------------------------------------------------------ model, optimiser, resume
-    program = compile_program(config, mesh)
+    members = variants.members(config)
+    if members:  # an ablation: K members in one program (jaxseg.ablation)
+        train_source = segmentation.make_sources(config)[0]
+        setup = variants.member_setup(config, members, lambda member_cfg: segmentation.data_class_weights(
+            member_cfg, train_source, workdir / "label_statistics.json"))
+        program = compile_member_program(config, mesh, seeds=setup.seeds, weight_decays=setup.weight_decays,
+                                         active_terms=setup.active_terms)
+        hp = program.place_hp(setup.hp)
+        if is_main:
+            report.save_members(workdir, members)
+    else:
+        program = compile_program(config, mesh)
+        hp = program.place_hp(segmentation.loss_hyperparameters(config, data.class_weights))
+    names = [m.name for m in members] or [None]
+    per_member = (lambda tree: [tree]) if not members else (  # noqa: E731
+        lambda tree: [strategies.take(tree, k) for k in range(len(members))])
     checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is None:
@@ -107,14 +127,14 @@ def train_and_evaluate(config, workdir) -> dict:
     else:
         state = checkpoints.restore(start, program.abstract_state, train_iter)
         print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
-    start = int(state.step)
-    compiled_train, compiled_eval = program.train, program.eval
+    start = int(np.max(jax.device_get(state.step)))
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
+    shown = 0  # the member whose predictions are drawn and whose loss the progress bar shows
 
     def figure(step):
         def draw(host, batch):
-            predictions = program.predict(state, batch)  # every process takes part ...
+            predictions = program.predict(state, batch, shown)  # every process takes part ...
             if is_main:  # ... process 0 draws its own rows
                 save_prediction_figure(
                     workdir / "figures" / f"val_step_{step:06d}.png", host["image"], host["label"],
@@ -124,13 +144,13 @@ def train_and_evaluate(config, workdir) -> dict:
         return draw
 
     # ------------------------------------------------------------------ loop
-    total, count, last_log, val = None, 0, time.perf_counter(), {}
+    total, count, last_log, vals = None, 0, time.perf_counter(), []
     progress = tqdm(total=train_cfg.steps, initial=start, disable=not (is_main and train_cfg.progress),
                     dynamic_ncols=True, desc="train")
     stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
     for step in range(start + 1, stop + 1):
         batch = place(next(train_iter))
-        state, metrics = compiled_train(state, batch, hp)
+        state, metrics = program.train(state, batch, hp)
         total = metrics if total is None else _accumulate(total, metrics)
         count += 1
         if sync_every and step % sync_every == 0:
@@ -138,19 +158,24 @@ def train_and_evaluate(config, workdir) -> dict:
         progress.update(1)
 
         if step % train_cfg.log_every == 0 or step == stop:
-            consecutive, _ = jax.device_get(nonfinite_counts(state.opt_state))
-            summary = summarize(total, count)
+            consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
             elapsed = time.perf_counter() - last_log
-            summary["images_per_second"] = count * train_cfg.batch_size / elapsed
-            logger.write(step, "train", summary)
+            summaries = [summarize(member_total, count) for member_total in per_member(jax.device_get(total))]
+            for name, summary in zip(names, summaries):
+                summary["images_per_second"] = count * train_cfg.batch_size / elapsed
+                logger.write(step, "train", summary, member=name)
+                if summary["skipped"]:
+                    log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
+                                f" (member {name})" if name else "", summary["skipped"], count)
+            summary = summaries[shown]
             progress.set_postfix(loss=f"{summary['loss']:.3f}", miou=f"{summary['miou']:.3f}",
-                                 ips=f"{summary['images_per_second']:.0f}")
-            if summary["skipped"]:
-                log.warning("step %d: %d non-finite updates skipped in the last %d steps", step, summary["skipped"], count)
-            if consecutive >= config.optim.max_consecutive_nonfinite:
+                                 ips=f"{summary['images_per_second']:.0f}", **({"member": names[shown]} if members else {}))
+            worst = int(np.argmax(consecutive))
+            if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
                 checkpoints.wait()
                 raise NonFiniteError(
-                    f"step {step}: {consecutive} consecutive non-finite updates (limit "
+                    f"step {step}: {consecutive[worst]} consecutive non-finite updates"
+                    f"{f' in ablation member {names[worst]!r}' if members else ''} (limit "
                     f"config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
                     f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
                 )
@@ -158,21 +183,33 @@ def train_and_evaluate(config, workdir) -> dict:
 
         evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
         if evaluate_now:
-            val = evaluate(state, hp, val_batches, compiled_eval, place=place, figure=figure(step))
-            logger.write(step, "val", val)
-            progress.write(f"step {step}: val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f}")
+            vals = evaluate(state, hp, val_batches, program.eval, place=place, figure=figure(step),
+                            members=program.members)
+            vals = vals if members else [vals]
+            for name, val in zip(names, vals):
+                logger.write(step, "val", val, member=name)
+            shown = int(np.argmax([val["miou"] for val in vals]))
+            progress.write(f"step {step}: val mIoU {vals[shown]['miou']:.4f}, pixel accuracy "
+                           f"{vals[shown]['pixel_accuracy']:.4f}" + (f" (best member: {names[shown]})" if members else ""))
             last_log = time.perf_counter()
         if step % train_cfg.checkpoint_every == 0 or step == stop:
-            metrics = {"val_miou": val["miou"]} if evaluate_now else None
+            metrics = {"val_miou": max(val["miou"] for val in vals)} if evaluate_now else None
             checkpoints.save(step, state, train_iter, config_dict, metrics)
 
     # ------------------------------------------------------------------ wrap up
     progress.close()
-    if not val:  # resumed at the last step: nothing trained, evaluate what is there
-        val = evaluate(state, hp, val_batches, compiled_eval, place=place)
+    if not vals:  # resumed at the last step: nothing trained, evaluate what is there
+        vals = evaluate(state, hp, val_batches, program.eval, place=place, members=program.members)
+        vals = vals if members else [vals]
     checkpoints.wait()
     checkpoints.close()
     if is_main:
-        save_curves(workdir / "figures" / "curves.png", read_metrics(workdir))
+        if members:
+            report.write_report(workdir)
+        else:
+            save_curves(workdir / "figures" / "curves.png", read_metrics(workdir))
     logger.close()
-    return val
+    if not members:
+        return vals[0]
+    best = int(np.argmax([val["miou"] for val in vals]))
+    return {**vals[best], "best_member": names[best], "members": dict(zip(names, vals))}

@@ -76,11 +76,29 @@ def l1_penalty(params):
     return sum(leaves) if leaves else jnp.zeros(())
 
 
+def _injected(opt_state):
+    """The `inject_hyperparams` state inside `apply_if_finite(chain(clip?, inject))`, and a
+    function that puts a replacement back."""
+    inner = opt_state.inner_state
+    if isinstance(inner, tuple) and len(inner) == 2 and hasattr(inner[1], "hyperparams"):
+        return inner[1], lambda new: opt_state._replace(inner_state=(inner[0], new))
+    return inner, lambda new: opt_state._replace(inner_state=new)
+
+
 def current_learning_rate(opt_state):
     """The learning rate the last update used (from the injected hyperparameters)."""
-    inner = opt_state.inner_state
-    inject = inner[1] if isinstance(inner, tuple) and len(inner) == 2 and hasattr(inner[1], "hyperparams") else inner
-    return inject.hyperparams["learning_rate"]
+    return _injected(opt_state)[0].hyperparams["learning_rate"]
+
+
+def set_hyperparameter(opt_state, name: str, value):
+    """`opt_state` with the injected hyperparameter `name` (e.g. "weight_decay") set to
+    `value` (an array: one per member for a stacked ablation state)."""
+    inject, put_back = _injected(opt_state)
+    if name not in inject.hyperparams:
+        raise KeyError(f"the optimiser has no injected hyperparameter {name!r}; it has {sorted(inject.hyperparams)}")
+    old = inject.hyperparams[name]
+    hyperparams = dict(inject.hyperparams, **{name: jnp.broadcast_to(jnp.asarray(value, old.dtype), old.shape)})
+    return put_back(inject._replace(hyperparams=hyperparams))
 
 
 def nonfinite_counts(opt_state):

@@ -5,25 +5,32 @@ Shared by the training loop and the benchmarks, so what is measured is what trai
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxseg.ablation import strategies
 from jaxseg.tasks import segmentation
 from jaxseg.train import parallel
-from jaxseg.train.optim import make_optimizer
-from jaxseg.train.state import init_state, model_graphdef
+from jaxseg.train.optim import make_optimizer, set_hyperparameter
+from jaxseg.train.state import init_state, initial_state, model_graphdef
 from jaxseg.train.step import eval_outputs, eval_step, train_step
 
 
 class Program(NamedTuple):
     """`init()` -> state (each array created where it lives); `abstract_state`: its shapes,
     dtypes and shardings (a restore target); `train(state, batch, hp)` -> (state, metrics),
-    state donated; `eval(state, batch, hp)` -> summed metrics; `predict(state, batch)` ->
-    argmax labels split like the batch."""
+    state donated; `eval(state, batch, hp)` -> summed metrics; `predict(state, batch, member)`
+    -> argmax labels split like the batch (`member` is ignored without members);
+    `place_hp(hp)` puts host hyperparameters where the steps expect them. With `members=K`,
+    state, hp and metrics carry a leading member axis."""
 
+    members: int | None
     mesh: Any
     abstract_state: Any
     graphdef: Any
@@ -34,9 +41,11 @@ class Program(NamedTuple):
     train: Callable
     eval: Callable
     predict: Callable
+    place_hp: Callable
 
 
 def compile_program(config, mesh) -> Program:
+    """The program of one model."""
     task = segmentation.SegmentationTask(config)
     make_model = segmentation.model_factory(config, config.num_classes)
     graphdef = model_graphdef(make_model)
@@ -54,8 +63,99 @@ def compile_program(config, mesh) -> Program:
     def labels(state, batch):
         return jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), axis=-1)
 
-    predict = jax.jit(labels, in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)
+    compiled_labels = jax.jit(labels, in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)
+    predict = lambda state, batch, member=None: compiled_labels(state, batch)  # noqa: E731
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
-    abstract_state = jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                  abstract_state, state_sharding)
-    return Program(mesh, abstract_state, graphdef, task, tx, state_sharding, init, train, evaluate, predict)
+    return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
+                   init, train, evaluate, predict, functools.partial(parallel.replicate, mesh=mesh))
+
+
+def _only_terms(hp, terms):
+    """`hp` whose loss computes only `terms` (a static tuple)."""
+    loss = hp["loss"]
+    return dict(hp, loss=dataclasses.replace(loss, weights={t: loss.weights[t] for t in terms}))
+
+
+def _all_terms(metrics, terms):
+    """Metrics with a 0 for each loss term of `terms` the member did not compute."""
+    return {**{f"loss_{t}": jnp.zeros((), jnp.float32) for t in terms}, **metrics}
+
+
+def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=None) -> Program:
+    """The program of K members of an ablation (`jaxseg.ablation`): one model and optimiser
+    structure, K states stacked on a leading axis (initialised from `seeds`, with decoupled
+    weight decay `weight_decays`), K hyperparameter sets; every member sees the same batch.
+
+    The member axis runs with `config.ablation.strategy`; on a mesh with a `member` axis it is
+    also split over that axis with `jax.shard_map`. `active_terms` (one tuple of loss terms
+    per member) lets unrolled members skip the terms they weight 0.
+    """
+    if config.get("mesh", {}).get("fsdp_min_size", 0):
+        raise ValueError("config.mesh.fsdp_min_size: FSDP-style sharding is not combined with an ablation; set it to 0")
+    count = len(seeds)
+    strategy = strategies.resolve(config.ablation.strategy)
+    task = segmentation.SegmentationTask(config)
+    make_model = segmentation.model_factory(config, config.num_classes)
+    graphdef = model_graphdef(make_model)
+    tx = make_optimizer(config.optim, config.train.steps)
+    sharded = strategies.MEMBER_AXIS in mesh.axis_names and mesh.shape[strategies.MEMBER_AXIS] > 1
+    if sharded and count % mesh.shape[strategies.MEMBER_AXIS]:
+        raise ValueError(f"{count} ablation members do not split over the {mesh.shape[strategies.MEMBER_AXIS]} "
+                         f"devices of config.mesh's member axis")
+    member_sharding = NamedSharding(mesh, P(strategies.MEMBER_AXIS)) if sharded else parallel.replicated(mesh)
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+    def initial(seeds, weight_decays):
+        states = jax.vmap(functools.partial(initial_state, make_model, tx))(seeds)
+        return states.replace(opt_state=set_hyperparameter(states.opt_state, "weight_decay", weight_decays))
+
+    abstract_state = jax.eval_shape(initial, jnp.zeros(count, jnp.int32), jnp.zeros(count, jnp.float32))
+    state_sharding = jax.tree.map(lambda _: member_sharding, abstract_state)
+
+    one_train = functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed)
+    one_eval = functools.partial(eval_step, graphdef=graphdef, task=task)
+    # Unrolled and unsharded, each member is its own trace: it computes only its own loss
+    # terms (vmap and shard_map run one program for all members, with every term).
+    specialise = strategy == "unroll" and not sharded and active_terms is not None
+    union = sorted({t for terms in active_terms or () for t in terms})
+
+    def member_train(terms):
+        def step(state, batch, hp):
+            state, metrics = one_train(state, batch, _only_terms(hp, terms))
+            return state, _all_terms(metrics, union)
+        return step
+
+    def member_eval(terms):
+        return lambda state, batch, hp: _all_terms(one_eval(state, batch, _only_terms(hp, terms)), union)
+
+    def members(fn, specialised, outputs_split):
+        fn = strategies.over_members(fn, strategy, (0, None, 0), specialised if specialise else None)
+        if sharded:
+            fn = strategies.shard_members(fn, mesh, (True, False, True), outputs_split)
+        return fn
+
+    train = jax.jit(
+        members(one_train, [member_train(t) for t in active_terms or ()], (True, True)),
+        donate_argnums=0, in_shardings=(state_sharding, batch_sharding, member_sharding),
+        out_shardings=(state_sharding, replicated),
+    )
+    evaluate = jax.jit(members(one_eval, [member_eval(t) for t in active_terms or ()], True),
+                       in_shardings=(state_sharding, batch_sharding, member_sharding), out_shardings=replicated)
+
+    def labels(states, batch, member):
+        state = jax.tree.map(lambda x: x[member], states)
+        return jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), axis=-1)
+
+    predict = jax.jit(labels, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding)
+    seeds, weight_decays = jnp.asarray(seeds, jnp.int32), jnp.asarray(weight_decays, jnp.float32)
+    init = lambda: jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)  # noqa: E731
+
+    def place_hp(hp):
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x)), hp)
+
+    return Program(count, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
+                   init, train, evaluate, predict, place_hp)
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract, shardings)

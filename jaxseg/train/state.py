@@ -35,15 +35,16 @@ def model_graphdef(make_model):
     return nnx.graphdef(abstract)
 
 
+def initial_state(make_model, tx: optax.GradientTransformation, seed) -> TrainState:
+    """Parameters, model state and optimiser state from `seed` (an int or a traced int32:
+    `jax.vmap` over seeds gives a stack of differently initialised members)."""
+    model = make_model(rngs=nnx.Rngs(seed if isinstance(seed, int) else jax.random.key(seed)))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+
+
 def init_state(make_model, tx: optax.GradientTransformation, seed: int, shardings=None) -> TrainState:
-    """Parameters, model state and optimiser state, created inside `jax.jit` (eager init of a
-    U-Net takes seconds; compiled it takes a fraction). `shardings` (a matching pytree of
-    `jax.sharding.Sharding`s) creates each array directly where it lives on a mesh."""
-
-    @functools.partial(jax.jit, out_shardings=shardings)
-    def init():
-        model = make_model(rngs=nnx.Rngs(seed))
-        _, params, model_state = nnx.split(model, nnx.Param, ...)
-        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
-
-    return init()
+    """`initial_state` compiled (eager init of a U-Net takes seconds; compiled it takes a
+    fraction). `shardings` (a matching pytree of `jax.sharding.Sharding`s) creates each array
+    directly where it lives on a mesh."""
+    return jax.jit(functools.partial(initial_state, make_model, tx, seed), out_shardings=shardings)()

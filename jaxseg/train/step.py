@@ -26,8 +26,12 @@ def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
     term, `grad_norm`, `learning_rate`, `skipped` (1 when the update was non-finite and not
     applied: parameters, optimiser moments and BatchNorm statistics stay as they were) and
     the task's batch statistics (e.g. a confusion matrix).
+
+    Optional entries of `hp` (the members of an ablation vary them): `seed` replaces the
+    static `seed` of the dropout keys; `lr_scale` multiplies the updates, which equals
+    scaling the learning rate (decoupled weight decay included).
     """
-    key = jax.random.fold_in(jax.random.key(seed), state.step)
+    key = jax.random.fold_in(jax.random.key(hp.get("seed", seed)), state.step)
 
     def objective(params):
         model = nnx.merge(graphdef, params, state.model_state, copy=True)
@@ -38,6 +42,9 @@ def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
 
     (loss, (terms, outputs, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lr_scale = hp.get("lr_scale", 1.0)
+    if "lr_scale" in hp:
+        updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state, state.model_state)
@@ -45,7 +52,7 @@ def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
         "loss": loss,
         **{f"loss_{name}": value for name, value in terms.items()},
         "grad_norm": optax.tree.norm(grads),
-        "learning_rate": current_learning_rate(opt_state),
+        "learning_rate": current_learning_rate(opt_state) * lr_scale,
         "skipped": 1 - finite.astype(jnp.int32),
         **task.metrics(jax.lax.stop_gradient(outputs), batch),
     }
