@@ -3,6 +3,7 @@
     python -m tests.train.parallel_runs meshes WORKDIR        # in a process with 8 CPU devices
     python -m tests.train.parallel_runs process WORKDIR STOP  # each of several processes
     python -m tests.train.parallel_runs single WORKDIR        # the same run in one process
+    python -m tests.train.parallel_runs members WORKDIR       # an ablation, member axis sharded or not
 
 `meshes` trains the same config on meshes of 1 and 8 devices (and 8 with FSDP-style state
 sharding) in `WORKDIR/{single,data8,fsdp8}`. `process` trains in `WORKDIR/run` as one of the
@@ -29,6 +30,29 @@ def config_for(mesh_shape=(-1,), fsdp_min_size=0, stop_after=0):
     config.mesh.shape = tuple(mesh_shape)
     config.mesh.fsdp_min_size = fsdp_min_size
     return config
+
+
+MEMBER_MESHES = {"members_unsharded": ((1,), ("data",)), "members_4x2": ((4, 2), ("member", "data"))}
+MEMBER_VARIANTS = {
+    "ce": {"loss": {"weights": {"ce": 1.0}}},
+    "ce+dice": {"loss": {"weights": {"ce": 1.0, "dice": 1.0}}},
+    "dice-fast": {"loss": {"weights": {"dice": 1.0}}, "optim": {"learning_rate": 8e-3}},
+    "focal": {"loss": {"weights": {"focal": 1.0}}},
+}
+
+
+def members(workdir: Path) -> None:
+    """Four ablation members (unroll), on one device and with the member axis split over 4
+    devices of a 4 x 2 (member, data) mesh."""
+    from jaxseg.train.loop import train_and_evaluate
+
+    for name, (shape, axes) in MEMBER_MESHES.items():
+        config = config_for()
+        config.ablation.variants = MEMBER_VARIANTS
+        config.ablation.strategy = "unroll"
+        config.mesh.update(shape=shape, axes=axes, axis_types=("auto",) * len(axes))
+        metrics = train_and_evaluate(config, workdir / name)
+        (workdir / f"{name}.json").write_text(json.dumps(metrics))
 
 
 def flat_params(state) -> dict:
@@ -69,6 +93,8 @@ if __name__ == "__main__":
     command, workdir = sys.argv[1], Path(sys.argv[2])
     if command == "meshes":
         meshes(workdir)
+    elif command == "members":
+        members(workdir)
     elif command == "single":
         from jaxseg.train.loop import train_and_evaluate
 

@@ -42,9 +42,14 @@ def ablation_config(cache, strategy="unroll", **train):
 
 
 def saved_state(workdir: Path, step: int = STEPS) -> dict:
-    """The saved train state as nested dicts of NumPy arrays."""
-    restored = ocp.StandardCheckpointer().restore((workdir / "checkpoints" / str(step) / "state").absolute())
-    return jax.tree.map(np.asarray, restored)
+    """The saved train state as nested dicts of NumPy arrays, whatever mesh saved it."""
+    path = (workdir / "checkpoints" / str(step) / "state").absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    metadata = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    return jax.tree.map(np.asarray, checkpointer.restore(path, target))
 
 
 def flat(tree) -> dict:

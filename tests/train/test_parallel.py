@@ -23,7 +23,7 @@ import pytest
 
 from jaxseg.train import parallel
 from jaxseg.train.inference import restore
-from tests.train.parallel_runs import MESHES, flat_params
+from tests.train.parallel_runs import MEMBER_MESHES, MEMBER_VARIANTS, MESHES, flat_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS_ATOL, LOSS_RTOL = 1e-3, 2e-5
@@ -169,3 +169,19 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
     finish([run_module(["single", single], devices=1, timeout=300)])
     np.testing.assert_allclose(train_losses(tmp_path / "run"), train_losses(single), rtol=LOSS_RTOL)
     assert_params_close(params[0], flat_params(restore(single, "latest").state), PARAMS_ATOL)
+
+
+@pytest.mark.slow
+def test_member_axis_split_over_devices_trains_like_unsharded(tmp_path):
+    """Four ablation members on one device, and split one per device over the member axis of a
+    (member 4, data 2) mesh of 8 CPU devices (jax.shard_map, manual over `member` only, so each
+    member's batch reductions still span the `data` axis): same losses and parameters."""
+    from tests.train.test_ablation import flat, saved_state
+
+    finish([run_module(["members", tmp_path], devices=8, timeout=600)])
+    names = list(MEMBER_MESHES)
+    expected, got = (flat(saved_state(tmp_path / name, 6)["params"]) for name in names)
+    assert_params_close(got, expected, PARAMS_ATOL)
+    np.testing.assert_allclose(train_losses(tmp_path / names[1]), train_losses(tmp_path / names[0]), rtol=LOSS_RTOL)
+    records = [json.loads(line) for line in (tmp_path / names[1] / "metrics.jsonl").read_text().splitlines()]
+    assert {r["member"] for r in records} == set(MEMBER_VARIANTS)
