@@ -11,10 +11,12 @@ from jaxseg.losses.composite import TERMS, SegmentationLoss, segmentation_loss
 from jaxseg.losses.distance_maps import signed_distance_maps
 from jaxseg.losses.lovasz import lovasz_loss
 from jaxseg.losses.region import dice_loss, generalized_dice_loss, jaccard_loss, tversky_loss
+from jaxseg.losses.token import TokenLoss, linear_cross_entropy, token_cross_entropy
 
 __all__ = [
     "TERMS",
     "SegmentationLoss",
+    "TokenLoss",
     "binary_cross_entropy",
     "boundary_loss",
     "cross_entropy",
@@ -23,9 +25,11 @@ __all__ = [
     "generalized_dice_loss",
     "gradient_loss",
     "jaccard_loss",
+    "linear_cross_entropy",
     "lovasz_loss",
     "segmentation_loss",
     "sigmoid_focal_loss",
     "signed_distance_maps",
+    "token_cross_entropy",
     "tversky_loss",
 ]

@@ -38,6 +38,11 @@ def restore(workdir, step: str | int = "best") -> Restored:
         if chosen is None:
             raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
         config = ml_collections.ConfigDict(checkpoints.restore_config(chosen))
+        if config.get("ablation", {}).get("variants") or config.get("ablation", {}).get("grid"):
+            raise ValueError(
+                f"{workdir} holds an ablation (several members in one checkpoint); evaluation and prediction "
+                f"take a single model's workdir. Its results are in {Path(workdir) / 'ablation.md'}"
+            )
         make_model = segmentation.model_factory(config, config.num_classes)
         tx = make_optimizer(config.optim, config.train.steps)
         # Onto this process's first device, whatever mesh the checkpoint was saved from.

@@ -139,7 +139,7 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 def replicate(tree, mesh: Mesh):
     """Place a pytree of host values (identical on every process) on every device."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
 
 
 def local_rows(array: jax.Array) -> np.ndarray:

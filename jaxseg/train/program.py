@@ -150,8 +150,9 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
     seeds, weight_decays = jnp.asarray(seeds, jnp.int32), jnp.asarray(weight_decays, jnp.float32)
     init = lambda: jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)  # noqa: E731
 
-    def place_hp(hp):
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x)), hp)
+    def place_hp(hp):  # every process holds all members' values: each takes its devices' slices
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x), np.shape(x)), hp)
 
     return Program(count, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
                    init, train, evaluate, predict, place_hp)
