@@ -4,6 +4,8 @@ A thin entry point: flags in, `train_and_evaluate(config, workdir)` out. Running
 with the same workdir resumes from the latest checkpoint.
 """
 
+import sys
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -19,8 +21,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
     from jaxseg.train.loop import train_and_evaluate  # after flag parsing: keeps --help fast
+    from jaxseg.train.preemption import Preempted
 
-    metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except Preempted as stop:  # the checkpoint is on disk; exit as the signal would have
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
     print(f"final validation mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
 
 

@@ -26,6 +26,7 @@ from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
 from jaxseg.train.optim import nonfinite_counts
+from jaxseg.train.preemption import Preempted, PreemptionWatch
 from jaxseg.train.program import compile_member_program, compile_program
 
 log = logging.getLogger("jaxseg")
@@ -148,53 +149,63 @@ def train_and_evaluate(config, workdir) -> dict:
     progress = tqdm(total=train_cfg.steps, initial=start, disable=not (is_main and train_cfg.progress),
                     dynamic_ncols=True, desc="train")
     stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
-    for step in range(start + 1, stop + 1):
-        batch = place(next(train_iter))
-        state, metrics = program.train(state, batch, hp)
-        total = metrics if total is None else _accumulate(total, metrics)
-        count += 1
-        if sync_every and step % sync_every == 0:
-            jax.block_until_ready(total)
-        progress.update(1)
+    with PreemptionWatch() as preemption:
+        for step in range(start + 1, stop + 1):
+            batch = place(next(train_iter))
+            state, metrics = program.train(state, batch, hp)
+            total = metrics if total is None else _accumulate(total, metrics)
+            count += 1
+            if sync_every and step % sync_every == 0:
+                jax.block_until_ready(total)
+            progress.update(1)
 
-        if step % train_cfg.log_every == 0 or step == stop:
-            consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
-            elapsed = time.perf_counter() - last_log
-            summaries = [summarize(member_total, count) for member_total in per_member(jax.device_get(total))]
-            for name, summary in zip(names, summaries):
-                summary["images_per_second"] = count * train_cfg.batch_size / elapsed
-                logger.write(step, "train", summary, member=name)
-                if summary["skipped"]:
-                    log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
-                                f" (member {name})" if name else "", summary["skipped"], count)
-            summary = summaries[shown]
-            progress.set_postfix(loss=f"{summary['loss']:.3f}", miou=f"{summary['miou']:.3f}",
-                                 ips=f"{summary['images_per_second']:.0f}", **({"member": names[shown]} if members else {}))
-            worst = int(np.argmax(consecutive))
-            if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
+            if step % train_cfg.log_every == 0 or step == stop:
+                consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
+                elapsed = time.perf_counter() - last_log
+                summaries = [summarize(member_total, count) for member_total in per_member(jax.device_get(total))]
+                for name, summary in zip(names, summaries):
+                    summary["images_per_second"] = count * train_cfg.batch_size / elapsed
+                    logger.write(step, "train", summary, member=name)
+                    if summary["skipped"]:
+                        log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
+                                    f" (member {name})" if name else "", summary["skipped"], count)
+                summary = summaries[shown]
+                progress.set_postfix(loss=f"{summary['loss']:.3f}", miou=f"{summary['miou']:.3f}",
+                                     ips=f"{summary['images_per_second']:.0f}", **({"member": names[shown]} if members else {}))
+                worst = int(np.argmax(consecutive))
+                if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
+                    checkpoints.wait()
+                    raise NonFiniteError(
+                        f"step {step}: {consecutive[worst]} consecutive non-finite updates"
+                        f"{f' in ablation member {names[worst]!r}' if members else ''} (limit "
+                        f"config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
+                        f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
+                    )
+                total, count, last_log = None, 0, time.perf_counter()
+
+            evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
+            if evaluate_now:
+                vals = evaluate(state, hp, val_batches, program.eval, place=place, figure=figure(step),
+                                members=program.members)
+                vals = vals if members else [vals]
+                for name, val in zip(names, vals):
+                    logger.write(step, "val", val, member=name)
+                shown = int(np.argmax([val["miou"] for val in vals]))
+                progress.write(f"step {step}: val mIoU {vals[shown]['miou']:.4f}, pixel accuracy "
+                               f"{vals[shown]['pixel_accuracy']:.4f}" + (f" (best member: {names[shown]})" if members else ""))
+                last_log = time.perf_counter()
+            saved = step % train_cfg.checkpoint_every == 0 or step == stop
+            if saved:
+                metrics = {"val_miou": max(val["miou"] for val in vals)} if evaluate_now else None
+                checkpoints.save(step, state, train_iter, config_dict, metrics)
+            if preemption.requested(step):  # save where we are, then stop
+                if not saved:
+                    checkpoints.save(step, state, train_iter, config_dict)
                 checkpoints.wait()
-                raise NonFiniteError(
-                    f"step {step}: {consecutive[worst]} consecutive non-finite updates"
-                    f"{f' in ablation member {names[worst]!r}' if members else ''} (limit "
-                    f"config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
-                    f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
-                )
-            total, count, last_log = None, 0, time.perf_counter()
-
-        evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
-        if evaluate_now:
-            vals = evaluate(state, hp, val_batches, program.eval, place=place, figure=figure(step),
-                            members=program.members)
-            vals = vals if members else [vals]
-            for name, val in zip(names, vals):
-                logger.write(step, "val", val, member=name)
-            shown = int(np.argmax([val["miou"] for val in vals]))
-            progress.write(f"step {step}: val mIoU {vals[shown]['miou']:.4f}, pixel accuracy "
-                           f"{vals[shown]['pixel_accuracy']:.4f}" + (f" (best member: {names[shown]})" if members else ""))
-            last_log = time.perf_counter()
-        if step % train_cfg.checkpoint_every == 0 or step == stop:
-            metrics = {"val_miou": max(val["miou"] for val in vals)} if evaluate_now else None
-            checkpoints.save(step, state, train_iter, config_dict, metrics)
+                checkpoints.close()
+                progress.close()
+                logger.close()
+                raise Preempted(step, preemption.signum)
 
     # ------------------------------------------------------------------ wrap up
     progress.close()

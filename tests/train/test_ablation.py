@@ -17,12 +17,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from jaxseg.ablation import report, strategies, variants
 from jaxseg.train.loop import train_and_evaluate
-from tests.train.tiny import tiny_config
+from tests.train.tiny import flat, saved_state, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = {
@@ -39,21 +38,6 @@ def ablation_config(cache, strategy="unroll", **train):
     config.ablation.strategy = strategy
     config.train.update(steps=STEPS, eval_every=STEPS, checkpoint_every=2, **train)
     return config
-
-
-def saved_state(workdir: Path, step: int = STEPS) -> dict:
-    """The saved train state as nested dicts of NumPy arrays, whatever mesh saved it."""
-    path = (workdir / "checkpoints" / str(step) / "state").absolute()
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(path)
-    metadata = getattr(metadata, "item_metadata", metadata)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-    return jax.tree.map(np.asarray, checkpointer.restore(path, target))
-
-
-def flat(tree) -> dict:
-    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 # ---------------------------------------------------------------------------- members from config
@@ -149,10 +133,10 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("strategy, atol", [("unroll", 1e-6), pytest.param("vmap", 2e-3, marks=pytest.mark.slow)])
 def test_members_in_one_program_equal_separate_runs(runs, strategy, atol):
-    stacked = saved_state(runs.together(strategy))
+    stacked = saved_state(runs.together(strategy), STEPS)
     np.testing.assert_array_equal(stacked["step"], [STEPS] * 3)
     for index, name in enumerate(sorted(VARIANTS)):
-        single = saved_state(runs.single(name))
+        single = saved_state(runs.single(name), STEPS)
         member = jax.tree.map(lambda x: x[index], stacked["params"])
         for key, value in flat(single["params"]).items():
             np.testing.assert_allclose(flat(member)[key], value, atol=atol, rtol=0, err_msg=f"{name} {key}")
@@ -181,5 +165,5 @@ def test_an_interrupted_ablation_resumes_exactly(runs, tmp_path):
     straight = runs.together("unroll")
     train_and_evaluate(ablation_config(runs.cache, stop_after=2), tmp_path)
     train_and_evaluate(ablation_config(runs.cache), tmp_path)
-    for key, value in flat(saved_state(straight)).items():
-        np.testing.assert_array_equal(flat(saved_state(tmp_path))[key], value, err_msg=key)
+    for key, value in flat(saved_state(straight, STEPS)).items():
+        np.testing.assert_array_equal(flat(saved_state(tmp_path, STEPS))[key], value, err_msg=key)

@@ -176,7 +176,7 @@ def test_member_axis_split_over_devices_trains_like_unsharded(tmp_path):
     """Four ablation members on one device, and split one per device over the member axis of a
     (member 4, data 2) mesh of 8 CPU devices (jax.shard_map, manual over `member` only, so each
     member's batch reductions still span the `data` axis): same losses and parameters."""
-    from tests.train.test_ablation import flat, saved_state
+    from tests.train.tiny import flat, saved_state
 
     finish([run_module(["members", tmp_path], devices=8, timeout=600)])
     names = list(MEMBER_MESHES)
