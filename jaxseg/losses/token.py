@@ -153,7 +153,8 @@ def _linear_stats_backward(vocab, token_block, vocab_block, residuals, cotangent
     g_lse, g_label, g_sum = (jnp.zeros_like(lse) if g is None else g.astype(jnp.float32) for g in cotangents)
     tokens, vocab_blocks = h.shape[0] // token_block, w.shape[1] // vocab_block
 
-    def vocab_step(dh, v):
+    def vocab_step(carry, v):
+        dh, dw, db = carry
         w_block, b_block = _vocab_block(w, b, v, vocab_block)
         columns = v * vocab_block + jnp.arange(vocab_block)
         real = columns < vocab
@@ -176,11 +177,14 @@ def _linear_stats_backward(vocab, token_block, vocab_block, residuals, cotangent
 
         start = (dh, jnp.zeros((w.shape[0], vocab_block), jnp.float32), jnp.zeros((vocab_block,), jnp.float32))
         (dh, dw_block, db_block), _ = jax.lax.scan(token_step, start, jnp.arange(tokens))
-        return dh, (dw_block, db_block)
+        # Written in place into the carried gradients: no stacked copy of the weight's size.
+        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_block, v * vocab_block, axis=1)
+        db = jax.lax.dynamic_update_slice_in_dim(db, db_block, v * vocab_block, axis=0)
+        return (dh, dw, db), None
 
-    dh, (dw_blocks, db_blocks) = jax.lax.scan(vocab_step, jnp.zeros(h.shape, jnp.float32), jnp.arange(vocab_blocks))
-    dw = jnp.moveaxis(dw_blocks, 0, 1).reshape(w.shape)
-    db = None if b is None else db_blocks.reshape(b.shape).astype(b.dtype)
+    start = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32), jnp.zeros((w.shape[1],), jnp.float32))
+    (dh, dw, db), _ = jax.lax.scan(vocab_step, start, jnp.arange(vocab_blocks))
+    db = None if b is None else db.astype(b.dtype)
     return dh.astype(h.dtype), dw.astype(w.dtype), db, None
 
 
