@@ -76,15 +76,22 @@ class FolderSource:
 
     def __getitem__(self, index: int):
         image_path, mask_path, extra_paths = self.items[index]
-        image = np.asarray(Image.open(image_path).convert("RGB"))
-        mask = np.asarray(Image.open(mask_path))  # palette PNGs give their indices
+        image = np.asarray(_open(image_path).convert("RGB"))
+        mask = np.asarray(_open(mask_path))  # palette PNGs give their indices
         if mask.ndim != 2:
             raise ValueError(f"{mask_path}: masks must be single-channel class ids; got shape {mask.shape}")
         if mask.shape != image.shape[:2]:
             raise ValueError(f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}")
+        labelled = mask != self.ignore_index if self.ignore_index is not None else np.ones(mask.shape, bool)
+        outside = labelled & ((mask < 0) | (mask >= self.num_classes))
+        if outside.any():
+            raise ValueError(
+                f"{mask_path}: label values {sorted(set(np.unique(mask[outside]).tolist()))[:10]} are outside "
+                f"[0, {self.num_classes}) and not the ignore value {self.ignore_index}"
+            )
         channels = [image]
         for path in extra_paths:
-            extra = np.asarray(Image.open(path).convert("L"))
+            extra = np.asarray(_open(path).convert("L"))
             if extra.shape != image.shape[:2]:
                 raise ValueError(f"{path}: size {extra.shape} differs from image {image_path.name} {image.shape[:2]}")
             channels.append(extra[..., None])
@@ -92,3 +99,13 @@ class FolderSource:
 
     def __repr__(self) -> str:
         return f"FolderSource({self.root}, {len(self)} samples, {self.num_classes} classes)"
+
+
+def _open(path):
+    """PIL's image, decoded now, or an error naming the file."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the image ({error})") from error
+    return image

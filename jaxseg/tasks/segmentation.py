@@ -48,6 +48,10 @@ class Data(NamedTuple):
 
 def make_data(config, workdir) -> Data:
     """Sources, statistics (cached in `workdir`) and grain pipelines for this process."""
+    ignore = config.data.ignore_index
+    if ignore is not None and 0 <= ignore < config.num_classes:
+        raise ValueError(f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
+                         f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255")
     train_source, val_source = make_sources(config)
     if train_source.num_classes != config.num_classes:
         raise ValueError(

@@ -37,6 +37,19 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite updates: the run stops, checkpoints stay intact."""
 
 
+def check_writable(workdir: Path) -> Path:
+    """Create `workdir` and write a probe file, so an unwritable or full disk is an error at
+    start rather than at the first checkpoint."""
+    probe = workdir / f".write_probe_{jax.process_index()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"workdir {workdir} is not writable: {error}") from error
+    return workdir
+
+
 def enable_compilation_cache(directory) -> None:
     """JAX's persistent compilation cache: a restart or a second run starts in seconds."""
     if directory:
@@ -89,8 +102,7 @@ def train_and_evaluate(config, workdir) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final
     validation metrics."""
     parallel.initialize_distributed(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = check_writable(Path(workdir))
     enable_compilation_cache(config.get("compilation_cache", ""))
     is_main = jax.process_index() == 0
     train_cfg = config.train

@@ -8,6 +8,7 @@ from PIL import Image
 
 from jaxseg.data import FolderSource, ShapesSource
 from jaxseg.data.shapes import CLASSES
+from tests.data.conftest import write_folder
 
 
 def test_shapes_are_deterministic_and_split_dependent():
@@ -52,3 +53,23 @@ def test_folder_errors_name_the_file(image_folder):
     (image_folder / "bad.txt").write_text("img_000\nimg_999\n")
     with pytest.raises(FileNotFoundError, match=r"bad\.txt: no image/mask pair for \['img_999'\]"):
         FolderSource(image_folder, num_classes=3, split_file="bad.txt")
+
+
+def test_a_corrupt_image_is_an_error_naming_the_file(tmp_path):
+    write_folder(tmp_path / "data")
+    broken = sorted((tmp_path / "data" / "images").iterdir())[1]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    source = FolderSource(tmp_path / "data", num_classes=3)
+    with pytest.raises(ValueError, match=f"{broken.name}: cannot read the image"):
+        source[1]
+
+
+def test_labels_outside_the_classes_are_an_error_naming_the_file_and_values(tmp_path):
+    write_folder(tmp_path / "data")
+    mask_path = sorted((tmp_path / "data" / "masks").iterdir())[0]
+    mask = np.asarray(Image.open(mask_path)).copy()
+    mask[5, 5], mask[6, 6] = 7, 9
+    Image.fromarray(mask).save(mask_path)
+    source = FolderSource(tmp_path / "data", num_classes=3, ignore_index=255)
+    with pytest.raises(ValueError, match=rf"{mask_path.name}: label values \[7, 9\] are outside \[0, 3\)"):
+        source[0]

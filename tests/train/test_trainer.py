@@ -87,6 +87,9 @@ def test_folder_dataset_trains(tiny_config, tmp_path):
     ("--config.train.stepz=3", "stepz"),
     ("--config.optim.name=adagrad", "config.optim.name must be one of"),
     ("--config.loss.class_weights=(1.0,2.0)", "config.loss.class_weights has 2 values"),
+    ("--config.data.ignore_index=0", "config.data.ignore_index=0 is a class id"),
+    ("--config.mesh.shape=(3,)", "config.mesh.shape=(3,) needs 3 devices"),
+    ("--config.ablation.variants={'a':{'data':{'seed':1}}}", "cannot vary 'data.seed'"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(override, message, tmp_path):
     result = subprocess.run(
@@ -97,3 +100,10 @@ def test_bad_config_fails_at_start_naming_the_key(override, message, tmp_path):
     )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
+
+
+def test_an_unwritable_workdir_is_an_error_at_start(tiny_config, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(OSError, match=f"workdir {blocked / 'run'} is not writable"):
+        train_and_evaluate(tiny_config, blocked / "run")
