@@ -119,6 +119,7 @@ def test_no_distributed_initialisation_unless_asked(monkeypatch):
 # ---------------------------------------------------------------------------- subprocesses
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one_device(tmp_path):
     """U-Net with BatchNorm, CE + Dice (both over the global batch), 6 steps, batch 8: on
     meshes of 1 and 8 devices, and 8 with the large arrays of the state split over `data`."""
