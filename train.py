@@ -1,5 +1,7 @@
 """Train a model: `python train.py --config=configs/seg_shapes_unet.py --workdir=DIR [--config.key=value ...]`.
 
+The config names its task (segmentation by default; `configs/lm_*.py` train language models).
+
 A thin entry point: flags in, `train_and_evaluate(config, workdir)` out. Running it again
 with the same workdir resumes from the latest checkpoint.
 """
@@ -20,7 +22,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
-    from jaxseg.train.loop import train_and_evaluate  # after flag parsing: keeps --help fast
+    from jaxseg import tasks  # after flag parsing: keeps --help fast
+    from jaxseg.train.loop import train_and_evaluate
     from jaxseg.train.preemption import Preempted
 
     try:
@@ -28,7 +31,8 @@ def main(argv):
     except Preempted as stop:  # the checkpoint is on disk; exit as the signal would have
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
-    print(f"final validation mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    task = tasks.module(FLAGS.config).Task(FLAGS.config)
+    print(f"final validation {task.describe(metrics)}")
 
 
 if __name__ == "__main__":

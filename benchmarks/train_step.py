@@ -48,7 +48,7 @@ def jax_step(args, images, labels):
     tx = make_optimizer(config.optim, 1000)
     state = init_state(make_model, tx, 0)
     hp = segmentation.loss_hyperparameters(config)
-    task = segmentation.SegmentationTask(config)
+    task = segmentation.Task(config)
     step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=0), donate_argnums=0)
     batch = jax.device_put({"image": images, "label": labels})
     holder = {"state": state}

@@ -1,7 +1,8 @@
 """Evaluate a trained model: `python -m jaxseg.evaluate --workdir=DIR [--step=best|latest|N]`.
 
-Prints the validation metrics of the chosen checkpoint (mIoU, per-class IoU and Dice, pixel
-accuracy, loss terms) as JSON and writes them to `WORKDIR/eval_step_N.json`.
+Prints the validation metrics of the chosen checkpoint (segmentation: mIoU, per-class IoU and
+Dice, pixel accuracy; language models: perplexity, bits per token, token accuracy; loss terms)
+as JSON and writes them to `WORKDIR/eval_step_N.json`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
-    from jaxseg.tasks import segmentation
+    from jaxseg import tasks
     from jaxseg.train.inference import restore
     from jaxseg.train.loop import evaluate
     from jaxseg.train.step import eval_step
@@ -27,10 +28,11 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     config = restored.config
     if batch_size:
         config.train.eval_batch_size = batch_size
-    data = segmentation.make_data(config, workdir)
-    hp = segmentation.loss_hyperparameters(config, data.class_weights)
+    task_module = tasks.module(config)
+    data = task_module.make_data(config, workdir)
+    hp = task_module.hyperparameters(config, data)
     compiled = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=restored.task))
-    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled)}
+    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled, task=restored.task)}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -38,7 +40,7 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
 def define_flags() -> None:
     """Command-line flags, defined only when run as a program (the module stays importable)."""
     flags.DEFINE_string("workdir", None, "Training directory with checkpoints/.", required=True)
-    flags.DEFINE_string("step", "best", '"best" (by validation mIoU), "latest" or a step number.')
+    flags.DEFINE_string("step", "best", '"best" (by validation mIoU or perplexity), "latest" or a step number.')
     flags.DEFINE_integer("batch_size", 0, "Evaluation batch size (default: the training config's).")
 
 

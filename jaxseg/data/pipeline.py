@@ -97,16 +97,18 @@ def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_i
     dataset = dataset.map(lambda example: fit(example, size=tuple(image_size)))
     if distance_maps_for:
         dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
-    batches = dataset.batch(batch_size, batch_fn=functools.partial(_pad_batch, batch_size=batch_size, ignore_index=ignore_index))
+    fill = {"label": ignore_index if ignore_index is not None else 0}
+    batches = dataset.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, fill=fill))
     per_process = -(-len(source) // process_count)
-    return _EqualCount(batches, -(-per_process // batch_size), ignore_index)
+    return EqualCount(batches, -(-per_process // batch_size), fill=fill)
 
 
-class _EqualCount:
-    """`batches` extended to `count` batches with all-padding ones."""
+class EqualCount:
+    """`batches` extended to `count` batches with all-padding ones (`fill`: key -> padding
+    value, 0 for the keys it does not name)."""
 
-    def __init__(self, batches, count: int, ignore_index):
-        self.batches, self.count, self.ignore_index = batches, count, ignore_index
+    def __init__(self, batches, count: int, *, fill: dict):
+        self.batches, self.count, self.fill = batches, count, fill
 
     def __len__(self):
         return self.count
@@ -116,16 +118,16 @@ class _EqualCount:
             raise IndexError(index)
         if index < len(self.batches):
             return self.batches[index]
-        fill = {"label": self.ignore_index if self.ignore_index is not None else 0}
         template = self.batches[0]
-        padding = {key: np.full_like(value, fill.get(key, 0)) for key, value in template.items()}
+        padding = {key: np.full_like(value, self.fill.get(key, 0)) for key, value in template.items()}
         padding["valid"] = np.zeros_like(template["valid"])
         return padding
 
 
-def _pad_batch(examples, *, batch_size: int, ignore_index: int):
+def pad_batch(examples, *, batch_size: int, fill: dict):
+    """Stack `examples` and pad to `batch_size` rows (`fill`: key -> padding value, default
+    0); `valid` marks the real rows."""
     missing = batch_size - len(examples)
-    fill = {"label": ignore_index if ignore_index is not None else 0}
     batch = {}
     for key in examples[0]:
         stacked = np.stack([e[key] for e in examples])

@@ -20,13 +20,16 @@ from jaxseg.losses._common import REDUCTIONS, as_float32, check_choice, logsumex
 
 class TokenLoss(NamedTuple):
     """The loss and its parts: `nll` (mean negative log-likelihood of the targets, without
-    smoothing), `z_loss` (the mean z-loss term, already times its coefficient) and `tokens`
-    (the number of tokens counted)."""
+    smoothing), `z_loss` (the mean z-loss term, already times its coefficient), `tokens`
+    (the number of tokens counted) and `correct` (how many of them have their target among
+    the highest logits: top-1 accuracy is `correct / tokens`; a tie counts as correct). With
+    `reduction="none"` every part is per token."""
 
     loss: jax.Array
     nll: jax.Array
     z_loss: jax.Array
     tokens: jax.Array
+    correct: jax.Array
 
 
 def _valid_tokens(targets, ignore_index, mask):
@@ -38,9 +41,10 @@ def _valid_tokens(targets, ignore_index, mask):
     return valid
 
 
-def _from_stats(lse, label_logit, sum_logits, valid, vocab: int, label_smoothing, z_loss, reduction: str):
+def _from_stats(lse, label_logit, sum_logits, max_logit, valid, vocab: int, label_smoothing, z_loss, reduction: str):
     """torch's smoothed cross-entropy plus PaLM's z-loss from per-token statistics."""
     nll = lse - label_logit
+    correct = jax.lax.stop_gradient((label_logit >= max_logit).astype(jnp.float32) * valid)
     loss = nll
     if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
         eps = jnp.asarray(label_smoothing, jnp.float32)
@@ -49,10 +53,10 @@ def _from_stats(lse, label_logit, sum_logits, valid, vocab: int, label_smoothing
     loss = (loss + z_term) * valid
     tokens = jnp.sum(valid)
     if reduction == "none":
-        return TokenLoss(loss, nll * valid, z_term * valid, tokens)
+        return TokenLoss(loss, nll * valid, z_term * valid, tokens, correct)
     denominator = jnp.maximum(tokens, 1.0) if reduction == "mean" else 1.0
     return TokenLoss(jnp.sum(loss) / denominator, jnp.sum(nll * valid) / denominator,
-                     jnp.sum(z_term * valid) / denominator, tokens)
+                     jnp.sum(z_term * valid) / denominator, tokens, jnp.sum(correct))
 
 
 def _check_targets(targets, leading_shape, what: str):
@@ -79,7 +83,8 @@ def token_cross_entropy(logits, targets, *, ignore_index=None, mask=None, label_
     label_logit = jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
     sum_logits = jnp.sum(x, axis=-1) if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0) else None
     valid = _valid_tokens(targets, ignore_index, mask)
-    return _from_stats(lse, label_logit, sum_logits, valid, x.shape[-1], label_smoothing, z_loss, reduction)
+    max_logit = jnp.max(x, axis=-1)
+    return _from_stats(lse, label_logit, sum_logits, max_logit, valid, x.shape[-1], label_smoothing, z_loss, reduction)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -112,7 +117,8 @@ def _vocab_block(w, b, v, vocab_block):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _linear_stats(h, w, b, targets, vocab: int, token_block: int, vocab_block: int):
-    """Per-token (lse, label logit, sum of logits) of `h @ w + b` without the full logits.
+    """Per-token (lse, label logit, sum of logits, max logit) of `h @ w + b` without the full
+    logits (the max logit, for accuracy, has no gradient).
 
     h `[Np, D]`, w `[D, Vp]`, b `[Vp]` or None, padded to whole blocks; columns >= `vocab`
     are padding."""
@@ -141,7 +147,7 @@ def _linear_stats_forward(h, w, b, targets, vocab, token_block, vocab_block):
 
         start = (jnp.full((token_block,), -jnp.inf, jnp.float32),) + (jnp.zeros((token_block,), jnp.float32),) * 3
         (running_max, running_sum, label_logit, sum_logits), _ = jax.lax.scan(vocab_step, start, jnp.arange(vocab_blocks))
-        return running_max + jnp.log(running_sum), label_logit, sum_logits
+        return running_max + jnp.log(running_sum), label_logit, sum_logits, running_max
 
     stats = jax.lax.map(token_chunk, (h.reshape(tokens, token_block, -1), targets.reshape(tokens, token_block)))
     stats = tuple(s.reshape(-1) for s in stats)
@@ -150,7 +156,7 @@ def _linear_stats_forward(h, w, b, targets, vocab, token_block, vocab_block):
 
 def _linear_stats_backward(vocab, token_block, vocab_block, residuals, cotangents):
     h, w, b, targets, lse = residuals
-    g_lse, g_label, g_sum = (jnp.zeros_like(lse) if g is None else g.astype(jnp.float32) for g in cotangents)
+    g_lse, g_label, g_sum = (jnp.zeros_like(lse) if g is None else g.astype(jnp.float32) for g in cotangents[:3])
     tokens, vocab_blocks = h.shape[0] // token_block, w.shape[1] // vocab_block
 
     def vocab_step(carry, v):
@@ -221,12 +227,12 @@ def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=Non
     token_block, token_blocks = _blocks(h.shape[0], token_chunk)
     vocab_block, vocab_blocks = _blocks(vocab, vocab_chunk)
     padded_tokens = token_block * token_blocks
-    lse, label_logit, sum_logits = _linear_stats(
+    lse, label_logit, sum_logits, max_logit = _linear_stats(
         _pad(h, 0, padded_tokens), _pad(weight, 1, vocab_block * vocab_blocks),
         None if bias is None else _pad(bias, 0, vocab_block * vocab_blocks),
         _pad(flat_targets, 0, padded_tokens), vocab, token_block, vocab_block,
     )
     n = h.shape[0]
-    stats = [s[:n].reshape(leading) for s in (lse, label_logit, sum_logits)]
+    stats = [s[:n].reshape(leading) for s in (lse, label_logit, sum_logits, jax.lax.stop_gradient(max_logit))]
     valid = _valid_tokens(jnp.asarray(targets), ignore_index, mask)
     return _from_stats(*stats, valid, vocab, label_smoothing, z_loss, reduction)

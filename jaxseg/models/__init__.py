@@ -1,6 +1,9 @@
-"""Flax NNX models, one family per file."""
+"""Models, one family per file: Flax NNX networks, and the count-based n-gram baseline."""
 
 from jaxseg.models.fcn import FCN
+from jaxseg.models.lstm_lm import LSTMLanguageModel
+from jaxseg.models.ngram import NGramModel
+from jaxseg.models.transformer_lm import TransformerLanguageModel
 from jaxseg.models.unet import UNet
 
-__all__ = ["FCN", "UNet"]
+__all__ = ["FCN", "LSTMLanguageModel", "NGramModel", "TransformerLanguageModel", "UNet"]

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxseg import losses
 from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train_dataset
-from jaxseg.metrics import confusion_matrix
+from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
 
 MODELS = {"unet": UNet, "fcn": FCN}
@@ -86,8 +86,9 @@ def in_channels(data) -> int:
     return len(data.mean)
 
 
-def model_factory(config, num_classes: int):
+def model_factory(config, num_classes: int | None = None):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
+    num_classes = config.num_classes if num_classes is None else num_classes
     options = dict(config.model)
     name = options.pop("name")
     if name not in MODELS:
@@ -127,6 +128,11 @@ def loss_hyperparameters(config, class_weights=None) -> dict:
     return {"loss": segmentation, "l1": jnp.float32(config.optim.l1)}
 
 
+def hyperparameters(config, data: Data | None = None) -> dict:
+    """The train step's `hp` for `config` and its data (class weights derived from it)."""
+    return loss_hyperparameters(config, None if data is None else data.class_weights)
+
+
 def data_class_weights(config, train_source, cache_file):
     """Loss class weights from the training pixel frequencies when `config.loss.class_weighting` is set."""
     method = config.loss.class_weighting
@@ -142,13 +148,22 @@ def normalize(images, mean, std):
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-class SegmentationTask:
-    """What the generic train and eval steps need to know about segmentation."""
+class Task:
+    """What the generic train and eval steps and the loop need to know about segmentation."""
+
+    key_metric = "miou"  # validation metric that picks the best checkpoint and member
+    higher_is_better = True
+    throughput_unit = "images"
+    statistics = ("confusion",)  # summed per-batch statistics that `scores` turns into metrics
+    draws_predictions = True  # the loop saves a figure of `figure(...)` at each evaluation
 
     def __init__(self, config):
         self.num_classes = config.num_classes
         self.ignore_index = config.data.ignore_index
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    def units_per_batch(self, batch_size: int) -> int:
+        return batch_size
 
     def apply(self, model: nnx.Module, batch, *, train: bool, key=None):
         """Logits `[B, H, W, C]` for the batch's uint8 images."""
@@ -163,3 +178,23 @@ class SegmentationTask:
         predictions = jnp.argmax(logits, axis=-1)
         return {"confusion": confusion_matrix(predictions, batch["label"], self.num_classes,
                                               ignore_index=self.ignore_index, mask=mask)}
+
+    def eval_weights(self, batch):
+        """(mask over the labels, number of valid images): padding rows count for nothing."""
+        mask = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (batch["label"].ndim - 1)), batch["label"].shape)
+        return mask, jnp.sum(batch["valid"].astype(jnp.float32))
+
+    def scores(self, summary: dict, statistics: dict) -> dict:
+        """Host side: mIoU, per-class IoU and Dice, pixel accuracy of the summed confusion."""
+        return scores(statistics["confusion"])
+
+    def describe(self, metrics: dict) -> str:
+        return f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}"
+
+    def figure(self, host_batch, predictions, data: Data) -> dict:
+        """The arguments of the loop's prediction figure: images, ground truth, predictions."""
+        return dict(images=host_batch["image"], labels=host_batch["label"], predictions=predictions,
+                    num_classes=self.num_classes, ignore_index=self.ignore_index, class_names=list(data.class_names))
+
+    def progress(self, metrics: dict) -> dict:
+        return {"loss": f"{metrics['loss']:.3f}", "miou": f"{metrics['miou']:.3f}"}

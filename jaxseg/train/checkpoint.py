@@ -21,11 +21,13 @@ class Checkpointer:
     Args:
       directory: where checkpoints live (`WORKDIR/checkpoints`).
       keep: how many of the latest checkpoints to keep.
-      best_metric: metric name (in the `metrics` passed to `save`) whose maximum is also kept.
+      best_metric: metric name (in the `metrics` passed to `save`) whose maximum is also kept
+        (the loop saves the task's validation metric as `val_score`, signed so that higher is
+        better: mIoU, or minus the perplexity).
       asynchronous: write in a background thread while training continues.
     """
 
-    def __init__(self, directory, *, keep: int = 2, best_metric: str = "val_miou", asynchronous: bool = True):
+    def __init__(self, directory, *, keep: int = 2, best_metric: str = "val_score", asynchronous: bool = True):
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
         metric = lambda metrics: metrics[best_metric]  # noqa: E731

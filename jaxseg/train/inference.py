@@ -10,7 +10,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jaxseg.tasks import segmentation
+from jaxseg import tasks
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.optim import make_optimizer
 from jaxseg.train.state import init_state, model_graphdef
@@ -19,14 +19,14 @@ from jaxseg.train.step import eval_outputs
 
 class Restored(NamedTuple):
     config: ml_collections.ConfigDict
-    task: segmentation.SegmentationTask
+    task: object
     graphdef: nnx.GraphDef
     state: object
     step: int
 
 
 def restore(workdir, step: str | int = "best") -> Restored:
-    """The checkpoint `step` ("best" by validation mIoU, falling back to "latest", or a number)."""
+    """The checkpoint `step` ("best" by the validation metric, falling back to "latest", or a number)."""
     checkpoints = Checkpointer(Path(workdir) / "checkpoints", asynchronous=False)
     try:
         if step == "best":
@@ -43,7 +43,7 @@ def restore(workdir, step: str | int = "best") -> Restored:
                 f"{workdir} holds an ablation (several members in one checkpoint); evaluation and prediction "
                 f"take a single model's workdir. Its results are in {Path(workdir) / 'ablation.md'}"
             )
-        make_model = segmentation.model_factory(config, config.num_classes)
+        make_model = tasks.module(config).model_factory(config)
         tx = make_optimizer(config.optim, config.train.steps)
         # Onto this process's first device, whatever mesh the checkpoint was saved from.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -52,7 +52,7 @@ def restore(workdir, step: str | int = "best") -> Restored:
         state = checkpoints.restore(chosen, abstract)
     finally:
         checkpoints.close()
-    return Restored(config, segmentation.SegmentationTask(config), model_graphdef(make_model), state, chosen)
+    return Restored(config, tasks.module(config).Task(config), model_graphdef(make_model), state, chosen)
 
 
 def logits_fn(restored: Restored):

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxseg import tasks
 from jaxseg.ablation import report, strategies, variants
-from jaxseg.metrics import scores
-from jaxseg.tasks import segmentation
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
@@ -64,23 +63,30 @@ def _accumulate(total, metrics):
     return jax.tree.map(jnp.add, total, metrics)
 
 
-def summarize(total, count) -> dict:
-    """Means of accumulated scalar metrics plus scores of the accumulated confusion matrix."""
-    total = jax.device_get(total)
+def summarize(total, count, task) -> dict:
+    """Means of accumulated scalar metrics (`count` steps, or valid images or tokens) plus the
+    task's scores of its accumulated statistics (e.g. a confusion matrix)."""
+    total = dict(jax.device_get(total))
     count = float(count)
-    confusion = total.pop("confusion")
+    statistics = {k: total.pop(k) for k in task.statistics if k in total}
     summary = {k: float(v) / count for k, v in total.items() if k != "skipped"}
     if "skipped" in total:
         summary["skipped"] = int(total["skipped"])
-    summary.update(scores(confusion))
+    summary.update(task.scores(summary, statistics))
     return summary
 
 
-def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=None, members=None):
+def best_index(values: list[dict], task) -> int:
+    """The index of the best of several metric dicts by the task's key metric."""
+    keys = [v[task.key_metric] for v in values]
+    return int(np.argmax(keys) if task.higher_is_better else np.argmin(keys))
+
+
+def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, figure=None, members=None):
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
-    losses and confusion matrices, one division by the number of valid images at the end.
-    `figure(host_batch, device_batch)` is called with the first batch. With `members=K` the
-    metrics carry a member axis and a list of K summaries is returned."""
+    losses and statistics, one division by the number of valid images (or tokens) at the
+    end. `figure(host_batch, device_batch)` is called with the first batch. With `members=K`
+    the metrics carry a member axis and a list of K summaries is returned."""
     total = None
     for index in range(len(batches)):
         host = batches[index]
@@ -92,10 +98,30 @@ def evaluate(state, hp, batches, compiled_eval, *, place=jax.device_put, figure=
         if index == 0 and figure is not None:
             figure(host, batch)
     total = jax.device_get(total)
-    images = total.pop("images")
+    count = total.pop("count")
     if members is None:
-        return summarize(total, images)
-    return [summarize(strategies.take(total, k), images[k]) for k in range(members)]
+        return summarize(total, count, task)
+    return [summarize(strategies.take(total, k), count[k], task) for k in range(members)]
+
+
+def compile_for(config, mesh, data, workdir):
+    """(program, hp, members): one model, or the K members of `config.ablation`."""
+    task_module = tasks.module(config)
+    members = variants.members(config)
+    if not members:
+        program = compile_program(config, mesh)
+        return program, program.place_hp(task_module.hyperparameters(config, data)), members
+    if config.get("task", "segmentation") != "segmentation":
+        raise ValueError("config.ablation: loss ablations are built for segmentation configs; "
+                         f"config.task is {config.task!r}")
+    train_source = task_module.make_sources(config)[0]
+    setup = variants.member_setup(config, members, lambda member_cfg: task_module.data_class_weights(
+        member_cfg, train_source, workdir / "label_statistics.json"))
+    program = compile_member_program(config, mesh, seeds=setup.seeds, weight_decays=setup.weight_decays,
+                                     active_terms=setup.active_terms)
+    if jax.process_index() == 0:
+        report.save_members(workdir, members)
+    return program, program.place_hp(setup.hp), members
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -112,24 +138,11 @@ def train_and_evaluate(config, workdir) -> dict:
     place = functools.partial(parallel.global_batch, mesh=mesh)
     sync_every = SYNC_EVERY if mesh.size > 1 else None
 
-    # ------------------------------------------------------------------ data
-    data = segmentation.make_data(config, workdir)
+    # ------------------------------------------------------------------ data, model, optimiser, resume
+    data = tasks.module(config).make_data(config, workdir)
     train_iter, val_batches = data.train, data.val
-
-    # ------------------------------------------------------------------ model, optimiser, resume
-    members = variants.members(config)
-    if members:  # an ablation: K members in one program (jaxseg.ablation)
-        train_source = segmentation.make_sources(config)[0]
-        setup = variants.member_setup(config, members, lambda member_cfg: segmentation.data_class_weights(
-            member_cfg, train_source, workdir / "label_statistics.json"))
-        program = compile_member_program(config, mesh, seeds=setup.seeds, weight_decays=setup.weight_decays,
-                                         active_terms=setup.active_terms)
-        hp = program.place_hp(setup.hp)
-        if is_main:
-            report.save_members(workdir, members)
-    else:
-        program = compile_program(config, mesh)
-        hp = program.place_hp(segmentation.loss_hyperparameters(config, data.class_weights))
+    program, hp, members = compile_for(config, mesh, data, workdir)
+    task = program.task
     names = [m.name for m in members] or [None]
     per_member = (lambda tree: [tree]) if not members else (  # noqa: E731
         lambda tree: [strategies.take(tree, k) for k in range(len(members))])
@@ -144,16 +157,18 @@ def train_and_evaluate(config, workdir) -> dict:
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
     shown = 0  # the member whose predictions are drawn and whose loss the progress bar shows
+    units = task.units_per_batch(train_cfg.batch_size)
+    sign = 1.0 if task.higher_is_better else -1.0
 
     def figure(step):
+        if not task.draws_predictions:
+            return None
+
         def draw(host, batch):
             predictions = program.predict(state, batch, shown)  # every process takes part ...
             if is_main:  # ... process 0 draws its own rows
-                save_prediction_figure(
-                    workdir / "figures" / f"val_step_{step:06d}.png", host["image"], host["label"],
-                    parallel.local_rows(predictions), num_classes=config.num_classes,
-                    ignore_index=config.data.ignore_index, class_names=list(data.class_names),
-                )
+                save_prediction_figure(workdir / "figures" / f"val_step_{step:06d}.png",
+                                       **task.figure(host, parallel.local_rows(predictions), data))
         return draw
 
     # ------------------------------------------------------------------ loop
@@ -174,16 +189,16 @@ def train_and_evaluate(config, workdir) -> dict:
             if step % train_cfg.log_every == 0 or step == stop:
                 consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
                 elapsed = time.perf_counter() - last_log
-                summaries = [summarize(member_total, count) for member_total in per_member(jax.device_get(total))]
+                summaries = [summarize(member_total, count, task) for member_total in per_member(jax.device_get(total))]
                 for name, summary in zip(names, summaries):
-                    summary["images_per_second"] = count * train_cfg.batch_size / elapsed
+                    summary[f"{task.throughput_unit}_per_second"] = count * units / elapsed
                     logger.write(step, "train", summary, member=name)
                     if summary["skipped"]:
                         log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
                                     f" (member {name})" if name else "", summary["skipped"], count)
                 summary = summaries[shown]
-                progress.set_postfix(loss=f"{summary['loss']:.3f}", miou=f"{summary['miou']:.3f}",
-                                     ips=f"{summary['images_per_second']:.0f}", **({"member": names[shown]} if members else {}))
+                progress.set_postfix(**task.progress(summary), per_s=f"{summary[f'{task.throughput_unit}_per_second']:.0f}",
+                                     **({"member": names[shown]} if members else {}))
                 worst = int(np.argmax(consecutive))
                 if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
                     checkpoints.wait()
@@ -197,18 +212,18 @@ def train_and_evaluate(config, workdir) -> dict:
 
             evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
             if evaluate_now:
-                vals = evaluate(state, hp, val_batches, program.eval, place=place, figure=figure(step),
+                vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, figure=figure(step),
                                 members=program.members)
                 vals = vals if members else [vals]
                 for name, val in zip(names, vals):
                     logger.write(step, "val", val, member=name)
-                shown = int(np.argmax([val["miou"] for val in vals]))
-                progress.write(f"step {step}: val mIoU {vals[shown]['miou']:.4f}, pixel accuracy "
-                               f"{vals[shown]['pixel_accuracy']:.4f}" + (f" (best member: {names[shown]})" if members else ""))
+                shown = best_index(vals, task)
+                progress.write(f"step {step}: val {task.describe(vals[shown])}"
+                               + (f" (best member: {names[shown]})" if members else ""))
                 last_log = time.perf_counter()
             saved = step % train_cfg.checkpoint_every == 0 or step == stop
             if saved:
-                metrics = {"val_miou": max(val["miou"] for val in vals)} if evaluate_now else None
+                metrics = {"val_score": sign * vals[shown][task.key_metric]} if evaluate_now else None
                 checkpoints.save(step, state, train_iter, config_dict, metrics)
             if preemption.requested(step):  # save where we are, then stop
                 if not saved:
@@ -222,7 +237,7 @@ def train_and_evaluate(config, workdir) -> dict:
     # ------------------------------------------------------------------ wrap up
     progress.close()
     if not vals:  # resumed at the last step: nothing trained, evaluate what is there
-        vals = evaluate(state, hp, val_batches, program.eval, place=place, members=program.members)
+        vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, members=program.members)
         vals = vals if members else [vals]
     checkpoints.wait()
     checkpoints.close()
@@ -230,9 +245,9 @@ def train_and_evaluate(config, workdir) -> dict:
         if members:
             report.write_report(workdir)
         else:
-            save_curves(workdir / "figures" / "curves.png", read_metrics(workdir))
+            save_curves(workdir / "figures" / "curves.png", read_metrics(workdir), keys=("loss", task.key_metric))
     logger.close()
     if not members:
         return vals[0]
-    best = int(np.argmax([val["miou"] for val in vals]))
+    best = best_index(vals, task)
     return {**vals[best], "best_member": names[best], "members": dict(zip(names, vals))}

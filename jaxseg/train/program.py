@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg.ablation import strategies
-from jaxseg.tasks import segmentation
+from jaxseg import tasks
 from jaxseg.train import parallel
 from jaxseg.train.optim import make_optimizer, set_hyperparameter
 from jaxseg.train.state import init_state, initial_state, model_graphdef
@@ -46,8 +46,9 @@ class Program(NamedTuple):
 
 def compile_program(config, mesh) -> Program:
     """The program of one model."""
-    task = segmentation.SegmentationTask(config)
-    make_model = segmentation.model_factory(config, config.num_classes)
+    task_module = tasks.module(config)
+    task = task_module.Task(config)
+    make_model = task_module.model_factory(config)
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, config.train.steps)
     abstract_state = jax.eval_shape(lambda: init_state(make_model, tx, config.seed))
@@ -94,8 +95,10 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
         raise ValueError("config.mesh.fsdp_min_size: FSDP-style sharding is not combined with an ablation; set it to 0")
     count = len(seeds)
     strategy = strategies.resolve(config.ablation.strategy)
-    task = segmentation.SegmentationTask(config)
-    make_model = segmentation.model_factory(config, config.num_classes)
+    from jaxseg.tasks import segmentation  # ablations vary the segmentation loss
+
+    task = segmentation.Task(config)
+    make_model = segmentation.model_factory(config)
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, config.train.steps)
     sharded = strategies.MEMBER_AXIS in mesh.axis_names and mesh.shape[strategies.MEMBER_AXIS] > 1

@@ -19,6 +19,13 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def split_terms(terms: dict, task) -> tuple[dict, dict]:
+    """(loss terms as `loss_<name>` metrics, statistics): a task's loss may also return
+    per-batch statistics it computes on the way (`task.statistics`, e.g. token counts)."""
+    statistics = {name: terms[name] for name in task.statistics if name in terms}
+    return {f"loss_{name}": value for name, value in terms.items() if name not in statistics}, statistics
+
+
 def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
     """One optimisation step.
 
@@ -48,9 +55,11 @@ def train_step(state: TrainState, batch, hp, *, graphdef, tx, task, seed: int):
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), model_state, state.model_state)
+    loss_terms, statistics = split_terms(terms, task)
     metrics = {
         "loss": loss,
-        **{f"loss_{name}": value for name, value in terms.items()},
+        **loss_terms,
+        **statistics,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": current_learning_rate(opt_state) * lr_scale,
         "skipped": 1 - finite.astype(jnp.int32),
@@ -67,12 +76,13 @@ def eval_outputs(state: TrainState, batch, *, graphdef, task):
 def eval_step(state: TrainState, batch, hp, *, graphdef, task):
     """Loss terms and batch statistics of one evaluation batch, padding excluded by `valid`.
 
-    Losses come as sums over the batch's valid images (`images` of them), so batches of a
-    split, and the shares of several processes, add up before one division.
+    Losses come as sums, weighted by the batch's `count` (valid images, or valid tokens), so
+    batches of a split, and the shares of several processes, add up before one division.
     """
     outputs = eval_outputs(state, batch, graphdef=graphdef, task=task)
-    mask = jnp.broadcast_to(batch["valid"].reshape((-1,) + (1,) * (batch["label"].ndim - 1)), batch["label"].shape)
+    mask, count = task.eval_weights(batch)
     loss, terms = task.loss(outputs, batch, hp, mask=mask)
-    images = jnp.sum(batch["valid"].astype(jnp.float32))
-    losses = {"loss": loss, **{f"loss_{n}": v for n, v in terms.items()}}
-    return {**{k: v * images for k, v in losses.items()}, "images": images, **task.metrics(outputs, batch, mask=mask)}
+    loss_terms, statistics = split_terms(terms, task)
+    losses = {"loss": loss, **loss_terms}
+    return {**{k: v * count for k, v in losses.items()}, "count": count, **statistics,
+            **task.metrics(outputs, batch, mask=mask)}

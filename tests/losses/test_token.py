@@ -88,10 +88,24 @@ def test_linear_cross_entropy_parts_and_sum_reduction():
     options = dict(ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3)
     naive = token_cross_entropy(h @ w + b, t, reduction="sum", **options)
     streaming = linear_cross_entropy(h, w, t, bias=b, chunk_size=(8, 8), reduction="sum", **options)
-    for field in ("loss", "nll", "z_loss", "tokens"):
+    for field in ("loss", "nll", "z_loss", "tokens", "correct"):
         np.testing.assert_allclose(getattr(streaming, field), getattr(naive, field), rtol=1e-5, err_msg=field)
     per_token = linear_cross_entropy(h, w, t, bias=b, reduction="none", **options).loss
     assert per_token.shape == t.shape and float(per_token[0, 0]) == 0.0  # ignored
+
+
+@pytest.mark.parametrize("chunk_size", [(8, 8), (64, 5)])
+def test_correct_counts_top1_hits_of_counted_tokens(chunk_size):
+    h, w, b, t = problem(seed=3)
+    logits = np.asarray(h @ w + b)
+    valid = np.asarray(t) != IGNORE
+    expected = int(np.sum((logits.argmax(-1) == np.asarray(t)) & valid))
+    assert expected > 0
+    naive = token_cross_entropy(logits, t, ignore_index=IGNORE)
+    streaming = linear_cross_entropy(h, w, t, bias=b, ignore_index=IGNORE, chunk_size=chunk_size)
+    assert int(naive.correct) == expected and int(streaming.correct) == expected
+    per_token = linear_cross_entropy(h, w, t, bias=b, ignore_index=IGNORE, reduction="none").correct
+    np.testing.assert_array_equal(per_token, (logits.argmax(-1) == np.asarray(t)) & valid)
 
 
 def test_bf16_inputs_accumulate_in_float32():

@@ -72,7 +72,7 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
     state = init_state(make_model, tx, 0)
     hp = segmentation.loss_hyperparameters(config)
     step = jax.jit(functools.partial(train_step, graphdef=model_graphdef(make_model), tx=tx,
-                                     task=segmentation.SegmentationTask(config), seed=0))
+                                     task=segmentation.Task(config), seed=0))
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8),
              "label": rng.integers(0, 5, (2, 16, 16)).astype(np.int32)}

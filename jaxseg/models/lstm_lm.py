@@ -1,0 +1,179 @@
+"""Stacked-LSTM language model (Zaremba et al. 2014) as a Flax NNX module, batch-major."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def embedding_init(features: int):
+    """Normal(0, 1/sqrt(features)): unit-scale logits when the embedding doubles as the output weight."""
+    return nnx.initializers.normal(stddev=features**-0.5)
+
+
+def matmul_f32(x, w, dtype):
+    """`x @ w` with both operands cast to `dtype` and float32 accumulation and result."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def output_logits(features, weight, bias):
+    """`features [..., F] @ weight [F, V] + bias [V]` accumulated in float32 -> `[..., V]` float32."""
+    logits = matmul_f32(features, weight, features.dtype)
+    return logits if bias is None else logits + bias
+
+
+class LSTMLayer(nnx.Module):
+    """One LSTM layer; gates in the order (i, f, g, o) of PyTorch's `nn.LSTM`.
+
+        z = x @ w_ih + b + h @ w_hh
+        i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = tanh(z_g)
+        c' = f * c + i * g;  h' = o * tanh(c')
+
+    Differences from PyTorch: a single bias `b` (PyTorch has two that only ever appear summed),
+    with its forget-gate slice initialised to 1 (Jozefowicz et al. 2015) so that the cell keeps
+    its memory early in training; `w_hh` is orthogonal, `w_ih` LeCun-normal. The input projection
+    runs for all time steps at once in `dtype`; the recurrence keeps (h, c) and the gates in
+    float32 and casts only the operands of `h @ w_hh` to `dtype`.
+
+    Args:
+      in_features: width of the inputs.
+      hidden_dim: width H of h and c.
+      dtype: computation dtype of the two matmuls; parameters stay float32.
+    """
+
+    def __init__(self, in_features: int, hidden_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.hidden_dim = hidden_dim
+        self.dtype = dtype
+        self.w_ih = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (in_features, 4 * hidden_dim)))
+        self.w_hh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (hidden_dim, 4 * hidden_dim)))
+        self.b = nnx.Param(jnp.zeros(4 * hidden_dim).at[hidden_dim : 2 * hidden_dim].set(1.0))
+
+    def project(self, x):
+        """Input part of the gates for every position: `x [..., D]` -> `[..., 4H]` float32."""
+        return matmul_f32(x, self.w_ih[...], self.dtype) + self.b[...]
+
+    def step(self, carry, z_in):
+        """One time step from the projected input `z_in [B, 4H]`: `(h, c)` -> `(h', c')`, all float32."""
+        h, c = carry
+        z = z_in + matmul_f32(h, self.w_hh[...], self.dtype)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, c
+
+    def initial_carry(self, batch_size: int):
+        zeros = jnp.zeros((batch_size, self.hidden_dim), jnp.float32)
+        return zeros, zeros
+
+    def __call__(self, x):
+        """`x [B, T, D]` from a zero state -> hidden states `[B, T, H]` in `dtype`."""
+        z = jnp.swapaxes(self.project(x), 0, 1)  # [T, B, 4H]
+
+        def scan_step(carry, z_t):
+            carry = self.step(carry, z_t)
+            return carry, carry[0]
+
+        _, h = jax.lax.scan(scan_step, self.initial_carry(x.shape[0]), z)
+        return jnp.swapaxes(h, 0, 1).astype(self.dtype)
+
+
+class LSTMLanguageModel(nnx.Module):
+    """Embedding -> dropout -> `num_layers` x (LSTM -> dropout) -> features -> output projection.
+
+    Every sequence starts from a zero state (stateless windows). The output projection is kept
+    apart from `__call__` so that a loss can stream over the vocabulary with `head()` instead of
+    materialising `[B, T, V]` logits; `logits(features)` builds them when wanted.
+
+    Args:
+      vocab_size: number of tokens V.
+      embed_dim: width of the token embedding.
+      hidden_dim: width of every LSTM layer and of the features F.
+      num_layers: number of stacked LSTM layers.
+      dropout: rate after the embedding and after every LSTM layer (0 disables).
+      tie_weights: use `embedding.T` as the output weight (needs embed_dim == hidden_dim);
+        the output bias stays a separate parameter.
+      dtype: computation dtype (e.g. jnp.bfloat16); parameters and the LSTM state stay float32.
+
+    Call: `model(tokens [B, T] int, train=..., key=dropout_key)` -> features `[B, T, hidden_dim]`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embed_dim: int = 256,
+        hidden_dim: int = 512,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if tie_weights and embed_dim != hidden_dim:
+            raise ValueError(
+                f"tie_weights=True needs embed_dim == hidden_dim; got embed_dim={embed_dim}, hidden_dim={hidden_dim}"
+            )
+        self.num_layers = num_layers
+        self.tie_weights = tie_weights
+        self.dtype = dtype
+        self.embedding = nnx.Embed(
+            vocab_size, embed_dim, dtype=dtype, embedding_init=embedding_init(embed_dim), rngs=rngs
+        )
+        self.layers = nnx.List(
+            [
+                LSTMLayer(embed_dim if i == 0 else hidden_dim, hidden_dim, dtype=dtype, rngs=rngs)
+                for i in range(num_layers)
+            ]
+        )
+        self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
+        if tie_weights:
+            self.bias = nnx.Param(jnp.zeros(vocab_size))
+        else:
+            self.output = nnx.Linear(hidden_dim, vocab_size, rngs=rngs)
+
+    def _drop(self, x, train: bool, key):
+        if self.dropout is None:
+            return x
+        return self.dropout(x, deterministic=not train, rngs=key)
+
+    def __call__(self, tokens, *, train: bool = False, key=None):
+        """Features `[B, T, hidden_dim]` in `dtype` of `tokens [B, T]`; `key` drives dropout in training."""
+        keys = [None] * (self.num_layers + 1) if key is None else list(jax.random.split(key, self.num_layers + 1))
+        x = self._drop(self.embedding(tokens), train, keys[0])
+        for layer, layer_key in zip(self.layers, keys[1:]):
+            x = self._drop(layer(x), train, layer_key)
+        return x
+
+    def head(self):
+        """Output projection as float32 arrays: `(weight [F, V], bias [V])`."""
+        if self.tie_weights:
+            return self.embedding.embedding[...].T, self.bias[...]
+        return self.output.kernel[...], self.output.bias[...]
+
+    def logits(self, features):
+        """`features [..., F]` -> float32 logits `[..., V]`."""
+        return output_logits(features, *self.head())
+
+    def initial_carry(self, batch_size: int):
+        """Zero state for `decode_step`: a tuple of per-layer `(h, c)`, each `[batch_size, H]` float32."""
+        return tuple(layer.initial_carry(batch_size) for layer in self.layers)
+
+    def decode_step(self, carry, tokens):
+        """One step of evaluation-mode decoding.
+
+        Args:
+          carry: from `initial_carry` or the previous `decode_step`.
+          tokens: `[B]` int, the tokens at the current position.
+
+        Returns:
+          `(carry, features [B, hidden_dim])`; the features equal those of `__call__` (without
+          dropout) on the whole sequence at this position.
+        """
+        x = self.embedding(tokens)
+        new_carry = []
+        for layer, layer_carry in zip(self.layers, carry):
+            layer_carry = layer.step(layer_carry, layer.project(x))
+            new_carry.append(layer_carry)
+            x = layer_carry[0].astype(self.dtype)
+        return tuple(new_carry), x
