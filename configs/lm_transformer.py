@@ -59,6 +59,7 @@ def get_config():
         checkpoint_every=500,
         keep_checkpoints=2,
         stop_after=0,
+        checkify=False,             # True: token-range checks compiled into the step (slower)
         progress=True,
     )
     return config

@@ -49,6 +49,7 @@ def get_config():
         jitter=0.0,
         balance=False,              # repeat-factor resampling of images with rare classes
         balance_threshold=0.01,
+        skip_bad_samples=False,     # True: unreadable/invalid samples are skipped, counted, logged
         num_threads=2,
     )
     config.model = dict(
@@ -107,6 +108,7 @@ def get_config():
         checkpoint_every=500,
         keep_checkpoints=2,
         stop_after=0,               # > 0: stop (with a checkpoint) after this step; rerun to resume
+        checkify=False,             # True: label checks compiled into the step (slower; README "Reliability")
         progress=True,
     )
     return config

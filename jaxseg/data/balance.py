@@ -22,7 +22,10 @@ def label_statistics(source, num_classes: int, *, ignore_index=None) -> dict:
     pixels = np.zeros(num_classes, np.int64)
     present = np.zeros((len(source), num_classes), bool)
     for i in range(len(source)):
-        label = np.asarray(source[i]["label"]).reshape(-1)
+        example = source[i]
+        if example is None:  # a bad sample skipped by `pipeline.SkippingSource`
+            continue
+        label = np.asarray(example["label"]).reshape(-1)
         if ignore_index is not None:
             label = label[label != ignore_index]
         counts = np.bincount(label, minlength=num_classes)[:num_classes]

@@ -11,6 +11,8 @@ iterator's state (`get_state`/`set_state`) is saved with the checkpoints.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 from typing import Sequence
 
 import grain
@@ -18,6 +20,42 @@ import numpy as np
 
 from jaxseg.data.augment import augment, fit
 from jaxseg.losses.distance_maps import signed_distance_maps
+
+
+log = logging.getLogger("jaxseg")
+
+
+class SkippingSource:
+    """`source` whose unreadable or invalid samples (the `OSError`/`ValueError` a source
+    raises, naming the file) become `None`: the pipelines drop them, a warning names each
+    one once, and `skipped` counts them (`config.data.skip_bad_samples`)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.bad: dict[int, str] = {}
+        self._lock = threading.Lock()
+        for name in ("num_classes", "class_names"):
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+
+    @property
+    def skipped(self) -> int:
+        """Distinct bad samples met so far by this process."""
+        return len(self.bad)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        try:
+            return self.source[index]
+        except (OSError, ValueError) as error:
+            with self._lock:
+                first = index not in self.bad
+                self.bad[index] = str(error)
+            if first:
+                log.warning("skipping bad sample %d: %s", index, error)
+            return None
 
 
 class _Indexed:
@@ -73,8 +111,12 @@ def train_dataset(
     dataset = dataset[process_index::process_count]
     if distance_maps_for:
         dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    if isinstance(source, SkippingSource) or isinstance(getattr(source, "source", None), SkippingSource):
+        # Skipped samples are None: only an IterDataset can batch around the gaps.
+        return dataset.to_iter_dataset(options).batch(batch_size, drop_remainder=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    return dataset.to_iter_dataset(options)
 
 
 def _with_distance_maps(example, *, num_classes: int, ignore_index):
@@ -126,7 +168,10 @@ class EqualCount:
 
 def pad_batch(examples, *, batch_size: int, fill: dict):
     """Stack `examples` and pad to `batch_size` rows (`fill`: key -> padding value, default
-    0); `valid` marks the real rows."""
+    0); `valid` marks the real rows. Skipped samples (None) become padding."""
+    examples = [e for e in examples if e is not None]
+    if not examples:
+        raise ValueError("every sample of an evaluation batch was skipped as bad")
     missing = batch_size - len(examples)
     batch = {}
     for key in examples[0]:

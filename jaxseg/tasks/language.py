@@ -98,6 +98,7 @@ class Task:
         self.head = config.loss.head
         self.chunk_size = tuple(config.loss.chunk_size)
         self.seq_len = config.data.seq_len
+        self.vocab_size = 256 if config.data.tokenizer == "bytes" else config.data.vocab_size
 
     def units_per_batch(self, batch_size: int) -> int:
         return batch_size * self.seq_len
@@ -132,6 +133,15 @@ class Task:
     def metrics(self, outputs, batch, *, mask=None):
         """Nothing beyond the loss's statistics."""
         return {}
+
+    def check_batch(self, batch, step) -> None:
+        """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""
+        from jax.experimental import checkify
+
+        tokens = batch["tokens"]
+        checkify.check(jnp.all((tokens >= 0) & (tokens < self.vocab_size)),
+                       f"step {{step}}: token ids outside [0, {self.vocab_size}): min {{low}}, max {{high}}",
+                       step=step, low=jnp.min(tokens), high=jnp.max(tokens))
 
     def eval_weights(self, batch):
         """(mask over the targets, number of valid tokens): padding rows count for nothing."""

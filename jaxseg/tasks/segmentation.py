@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxseg import losses
 from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train_dataset
+from jaxseg.data.pipeline import SkippingSource
 from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
 
@@ -38,12 +39,14 @@ def make_sources(config) -> tuple[Any, Any]:
 
 class Data(NamedTuple):
     """The training iterator (checkpointable), the padded validation batches, the loss class
-    weights derived from the data (or None) and the class names."""
+    weights derived from the data (or None), the class names and, with
+    `config.data.skip_bad_samples`, a function counting the bad samples skipped so far."""
 
     train: Any
     val: Any
     class_weights: Any
     class_names: tuple
+    skipped_samples: Any = None
 
 
 def make_data(config, workdir) -> Data:
@@ -53,6 +56,10 @@ def make_data(config, workdir) -> Data:
         raise ValueError(f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
                          f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255")
     train_source, val_source = make_sources(config)
+    skipped_samples = None
+    if config.data.get("skip_bad_samples", False):
+        train_source, val_source = SkippingSource(train_source), SkippingSource(val_source)
+        skipped_samples = lambda: train_source.skipped + val_source.skipped  # noqa: E731
     if train_source.num_classes != config.num_classes:
         raise ValueError(
             f"config.num_classes={config.num_classes} but the {config.data.name} data has {train_source.num_classes} classes"
@@ -79,7 +86,7 @@ def make_data(config, workdir) -> Data:
         sample_indices=sample_indices, num_threads=config.data.num_threads, **shared,
     ))
     val = eval_batches(val_source, batch_size=config.train.eval_batch_size // jax.process_count(), **shared)
-    return Data(train, val, class_weights, tuple(train_source.class_names))
+    return Data(train, val, class_weights, tuple(train_source.class_names), skipped_samples)
 
 
 def in_channels(data) -> int:
@@ -178,6 +185,18 @@ class Task:
         predictions = jnp.argmax(logits, axis=-1)
         return {"confusion": confusion_matrix(predictions, batch["label"], self.num_classes,
                                               ignore_index=self.ignore_index, mask=mask)}
+
+    def check_batch(self, batch, step) -> None:
+        """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""
+        from jax.experimental import checkify
+
+        label = batch["label"]
+        ok = (label >= 0) & (label < self.num_classes)
+        if self.ignore_index is not None:
+            ok = ok | (label == self.ignore_index)
+        checkify.check(jnp.all(ok), f"step {{step}}: label values outside [0, {self.num_classes}) that are not the "
+                       f"ignore value {self.ignore_index}: min {{low}}, max {{high}}", step=step, low=jnp.min(label),
+                       high=jnp.max(label))
 
     def eval_weights(self, batch):
         """(mask over the labels, number of valid images): padding rows count for nothing."""

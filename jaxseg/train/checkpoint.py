@@ -7,12 +7,17 @@ a run killed mid-save leaves the previous checkpoint as the latest complete one.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+
+class CheckpointSaveError(OSError):
+    """A save failed (a full disk, a lost mount): the complete checkpoints before it stay."""
 
 
 class Checkpointer:
@@ -55,7 +60,9 @@ class Checkpointer:
             data=grain.checkpoint.CheckpointSave(data_iterator),
             config=ocp.args.JsonSave(config),
         )
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        self._pending = step
+        with self._reporting_failures():
+            self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -81,7 +88,22 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        with self._reporting_failures():
+            self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _reporting_failures(self):
+        """Turn a failed (possibly earlier, asynchronous) save into one error that says what
+        failed and what is still there to resume from."""
+        try:
+            yield
+        except Exception as error:  # orbax and tensorstore raise ValueError, OSError, RuntimeError
+            message = str(error).splitlines()[0][:500]
+            complete = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            raise CheckpointSaveError(
+                f"saving a checkpoint (step {getattr(self, '_pending', '?')}) in {self.directory} failed: {message}. "
+                f"The complete checkpoints {complete} are intact; a rerun resumes from the latest of them"
+            ) from error
 
     def close(self) -> None:
         self.manager.close()

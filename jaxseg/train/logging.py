@@ -64,8 +64,12 @@ class MetricsLogger:
             return
         record = {"step": int(step), "split": split, **({"member": member} if member is not None else {}),
                   **{k: _plain(v) for k, v in values.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:  # a full disk: say which file, keep the errno
+            raise OSError(error.errno, f"cannot append the step {step} metrics to {self.path} ({error.strerror}); "
+                          f"checkpoints already saved stay readable") from error
         if self.tensorboard:
             writer = self._writer(member)
             for name, value in record.items():

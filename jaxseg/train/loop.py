@@ -190,8 +190,11 @@ def train_and_evaluate(config, workdir) -> dict:
                 consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
                 elapsed = time.perf_counter() - last_log
                 summaries = [summarize(member_total, count, task) for member_total in per_member(jax.device_get(total))]
+                bad_samples = data.skipped_samples() if getattr(data, "skipped_samples", None) else None
                 for name, summary in zip(names, summaries):
                     summary[f"{task.throughput_unit}_per_second"] = count * units / elapsed
+                    if bad_samples is not None:
+                        summary["bad_samples_skipped"] = bad_samples
                     logger.write(step, "train", summary, member=name)
                     if summary["skipped"]:
                         log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,

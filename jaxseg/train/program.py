@@ -54,10 +54,13 @@ def compile_program(config, mesh) -> Program:
     abstract_state = jax.eval_shape(lambda: init_state(make_model, tx, config.seed))
     state_sharding = parallel.state_shardings(abstract_state, mesh, config.get("mesh", {}).get("fsdp_min_size", 0))
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    train = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed), donate_argnums=0,
-        in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=(state_sharding, replicated),
-    )
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed)
+    if config.train.get("checkify", False):
+        train = _checked(step, task, in_shardings=(state_sharding, batch_sharding, replicated),
+                         out_shardings=(state_sharding, replicated))
+    else:
+        train = jax.jit(step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding, replicated),
+                        out_shardings=(state_sharding, replicated))
     evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
                        in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated)
 
@@ -69,6 +72,27 @@ def compile_program(config, mesh) -> Program:
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
     return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
                    init, train, evaluate, predict, functools.partial(parallel.replicate, mesh=mesh))
+
+
+def _checked(step, task, *, in_shardings, out_shardings):
+    """`step` with `jax.experimental.checkify` checks compiled in: the task's batch checks
+    (label or token range) and out-of-bounds indexing. Each call waits for the step and raises
+    the first failed check, naming the step: slower, so opt-in (`config.train.checkify`)."""
+    from jax.experimental import checkify
+
+    def checked_step(state, batch, hp):
+        task.check_batch(batch, state.step)
+        return step(state, batch, hp)
+
+    compiled = jax.jit(checkify.checkify(checked_step, errors=checkify.user_checks | checkify.index_checks),
+                       donate_argnums=0, in_shardings=in_shardings, out_shardings=(None, out_shardings))
+
+    def train(state, batch, hp):
+        error, outputs = compiled(state, batch, hp)
+        error.throw()
+        return outputs
+
+    return train
 
 
 def _only_terms(hp, terms):

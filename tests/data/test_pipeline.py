@@ -105,3 +105,25 @@ def test_every_process_gets_the_same_number_of_eval_batches():
     assert len(shares[0]) == len(shares[1]) == 5
     assert not shares[1][4]["valid"].any() and shares[0][4]["valid"].all()
     assert sum(int(share[i]["valid"].sum()) for share in shares for i in range(5)) == 9
+
+
+def test_bad_samples_are_skipped_counted_and_named_when_asked(tmp_path, caplog):
+    from jaxseg.data.pipeline import SkippingSource
+    from tests.data.conftest import write_folder
+
+    write_folder(tmp_path / "data", count=6, size=(16, 16))
+    broken = sorted((tmp_path / "data" / "images").iterdir())[1]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    source = SkippingSource(FolderSource(tmp_path / "data", num_classes=3))
+    with caplog.at_level("WARNING", logger="jaxseg"):
+        it = iter(train_dataset(source, batch_size=2, image_size=(16, 16), seed=0, num_threads=1))
+        batches = [next(it) for _ in range(6)]  # two epochs of the 5 good samples
+    assert all(b["image"].shape == (2, 16, 16, 3) for b in batches)
+    assert source.skipped == 1 and broken.name in caplog.text and "cannot read the image" in caplog.text
+    state = it.get_state()
+    expected = next(it)
+    resumed = iter(train_dataset(source, batch_size=2, image_size=(16, 16), seed=0, num_threads=1))
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
+    val = eval_batches(SkippingSource(FolderSource(tmp_path / "data", num_classes=3)), batch_size=4, image_size=(16, 16))
+    assert [int(val[i]["valid"].sum()) for i in range(len(val))] == [3, 2]  # the bad one is padding

@@ -106,3 +106,67 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_breaks_resume(t
     assert any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir())
     run_to_end(tmp_path, cache, checkpoint_every=3)
     assert_same_final_state(tmp_path, uninterrupted)
+
+
+def test_checkify_mode_stops_a_bad_batch_inside_the_step_and_naming_it(tiny_config):
+    import jax
+    from jax.experimental import checkify
+
+    from jaxseg.tasks import segmentation
+    from jaxseg.train import parallel
+    from jaxseg.train.program import compile_program
+
+    results = []
+    for checked in (False, True):
+        tiny_config.train.checkify = checked
+        mesh = parallel.make_mesh(tiny_config.get("mesh"))
+        program = compile_program(tiny_config, mesh)
+        hp = program.place_hp(segmentation.hyperparameters(tiny_config))
+        data = segmentation.make_data(tiny_config, Path(tiny_config.compilation_cache or "/tmp"))
+        batch = next(data.train)
+        state, metrics = program.train(program.init(), parallel.global_batch(batch, mesh=mesh), hp)
+        results.append(float(jax.device_get(metrics["loss"])))
+    assert results[0] == results[1]  # the checks change nothing on a good batch
+    bad = dict(batch, label=np.where(batch["label"] == 1, 7, batch["label"]).astype(np.int32))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"step 1: label values outside \[0, 5\) that are not the "
+                                                       r"ignore value 255: min 0, max 7"):
+        program.train(state, parallel.global_batch(bad, mesh=mesh), hp)
+
+
+FULL_DISK_SCRIPT = r"""
+import resource, sys
+import grain
+import jax.numpy as jnp
+from jaxseg.train.checkpoint import Checkpointer, CheckpointSaveError
+
+Iterator = lambda: iter(grain.MapDataset.range(10).to_iter_dataset())
+checkpoints = Checkpointer(sys.argv[1], keep=3)
+state = {"w": jnp.arange(4096.0)}
+checkpoints.save(1, state, Iterator(), {"note": "first"})
+checkpoints.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # the disk is now full
+try:
+    checkpoints.save(2, {"w": state["w"] + 1}, Iterator(), {"note": "second"})
+    checkpoints.wait()
+except CheckpointSaveError as error:
+    print("ERROR:", error)
+"""
+
+
+def test_a_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_stay(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxseg.train.checkpoint import Checkpointer
+
+    directory = tmp_path / "checkpoints"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(directory)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert "ERROR: saving a checkpoint (step 2)" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "File too large" in result.stdout and "The complete checkpoints [1] are intact" in result.stdout
+    checkpoints = Checkpointer(directory, asynchronous=False)
+    assert checkpoints.latest_step() == 1
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored = checkpoints.restore(1, {"w": jax.ShapeDtypeStruct((4096,), jnp.float32, sharding=device)})
+    np.testing.assert_array_equal(restored["w"], np.arange(4096.0))
+    checkpoints.close()

@@ -83,6 +83,24 @@ def test_folder_dataset_trains(tiny_config, tmp_path):
     assert (tmp_path / "run" / "label_statistics.json").exists()
 
 
+def test_bad_samples_stop_the_run_or_are_skipped_and_counted(tiny_config, tmp_path):
+    from tests.data.conftest import write_folder
+
+    write_folder(tmp_path / "data", count=8, size=(32, 32))
+    broken = sorted((tmp_path / "data" / "images").iterdir())[2]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated
+    tiny_config.num_classes = 3
+    tiny_config.data.update(name="folder", root=str(tmp_path / "data"), balance=True)
+    tiny_config.train.update(steps=4, batch_size=2, eval_every=4, log_every=2)
+    with pytest.raises(ValueError, match=f"{broken.name}: cannot read the image"):
+        train_and_evaluate(tiny_config, tmp_path / "strict")
+    tiny_config.data.skip_bad_samples = True
+    metrics = train_and_evaluate(tiny_config, tmp_path / "lenient")
+    assert "miou" in metrics
+    logged = [r["bad_samples_skipped"] for r in read_metrics(tmp_path / "lenient") if r["split"] == "train"]
+    assert logged and logged[-1] >= 1
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.train.stepz=3", "stepz"),
     ("--config.optim.name=adagrad", "config.optim.name must be one of"),
