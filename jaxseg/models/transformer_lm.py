@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.lstm_lm import embedding_init, output_logits
+from jaxseg.models.dense import embedding_init, flat_apply, output_logits
 
 POSITIONS = ("rope", "learned")
 
@@ -48,7 +48,8 @@ class CausalSelfAttention(nnx.Module):
 
     def __call__(self, x, positions, cache=None):
         batch, length, d_model = x.shape
-        q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3 * self.num_heads, -1), 3, axis=2)
+        qkv = flat_apply(self.qkv, x)
+        q, k, v = jnp.split(qkv.reshape(batch, length, 3 * self.num_heads, -1), 3, axis=2)
         if self.use_rope:
             q, k = rope(q, positions), rope(k, positions)
         if cache is None:
@@ -59,7 +60,7 @@ class CausalSelfAttention(nnx.Module):
             cache = (k, v)
             mask = jnp.arange(k.shape[1])[None, :] <= positions[:, None]  # [T, L]
             y = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
-        return self.out(y.reshape(batch, length, d_model)), cache
+        return flat_apply(self.out, y.reshape(batch, length, d_model)), cache
 
 
 class Block(nnx.Module):
@@ -82,7 +83,7 @@ class Block(nnx.Module):
         keys = (None, None) if key is None else tuple(jax.random.split(key))
         y, cache = self.attention(self.norm1(x), positions, cache)
         x = x + self._drop(y, train, keys[0])
-        y = self.mlp_out(nnx.gelu(self.mlp_in(self.norm2(x))))
+        y = flat_apply(lambda h: self.mlp_out(nnx.gelu(self.mlp_in(h))), self.norm2(x))
         return x + self._drop(y, train, keys[1]), cache
 
 

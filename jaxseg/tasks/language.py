@@ -17,7 +17,9 @@ import jax.numpy as jnp
 
 from jaxseg import losses
 from jaxseg.data import text
+from jaxseg.data.pipeline import process_share
 from jaxseg.models import LSTMLanguageModel, TransformerLanguageModel
+from jaxseg.models.dense import output_logits
 
 MODELS = {"lstm": LSTMLanguageModel, "transformer": TransformerLanguageModel}
 HEADS = ("streaming", "logits")
@@ -48,16 +50,13 @@ def make_data(config, workdir) -> Data:
     """Token streams and grain pipelines of fixed-length windows for this process."""
     from jax.experimental import multihost_utils
 
-    for key in ("batch_size", "eval_batch_size"):
-        if config.train[key] % jax.process_count():
-            raise ValueError(f"config.train.{key}={config.train[key]} must divide by {jax.process_count()} processes")
     barrier = (lambda: multihost_utils.sync_global_devices("tokenizer")) if jax.process_count() > 1 else None
     tokenizer, train_tokens, val_tokens = token_streams(config, workdir, is_main=jax.process_index() == 0,
                                                         barrier=barrier)
     shared = dict(seq_len=config.data.seq_len, process_index=jax.process_index(), process_count=jax.process_count())
-    train = iter(text.train_dataset(train_tokens, batch_size=config.train.batch_size // jax.process_count(),
+    train = iter(text.train_dataset(train_tokens, batch_size=process_share(config.train, "batch_size"),
                                     seed=config.seed, num_threads=config.data.num_threads, **shared))
-    val = text.eval_batches(val_tokens, batch_size=config.train.eval_batch_size // jax.process_count(), **shared)
+    val = text.eval_batches(val_tokens, batch_size=process_share(config.train, "eval_batch_size"), **shared)
     return Data(train, val, tokenizer, val_tokens)
 
 
@@ -118,10 +117,7 @@ class Task:
         if self.head == "streaming":
             return losses.linear_cross_entropy(outputs["features"], outputs["weight"], targets, bias=outputs["bias"],
                                                chunk_size=self.chunk_size, **options)
-        logits = jnp.matmul(outputs["features"], outputs["weight"].astype(outputs["features"].dtype),
-                            preferred_element_type=jnp.float32)
-        if outputs["bias"] is not None:
-            logits = logits + outputs["bias"]
+        logits = output_logits(outputs["features"], outputs["weight"], outputs["bias"])
         return losses.token_cross_entropy(logits, targets, **options)
 
     def loss(self, outputs, batch, hp, *, mask=None):

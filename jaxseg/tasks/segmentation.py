@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxseg import losses
 from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train_dataset
-from jaxseg.data.pipeline import SkippingSource
+from jaxseg.data.pipeline import CheckedSource, SkippingSource, process_share
 from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
 
@@ -55,7 +55,7 @@ def make_data(config, workdir) -> Data:
     if ignore is not None and 0 <= ignore < config.num_classes:
         raise ValueError(f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
                          f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255")
-    train_source, val_source = make_sources(config)
+    train_source, val_source = (CheckedSource(s, channels=in_channels(config.data)) for s in make_sources(config))
     skipped_samples = None
     if config.data.get("skip_bad_samples", False):
         train_source, val_source = SkippingSource(train_source), SkippingSource(val_source)
@@ -64,9 +64,6 @@ def make_data(config, workdir) -> Data:
         raise ValueError(
             f"config.num_classes={config.num_classes} but the {config.data.name} data has {train_source.num_classes} classes"
         )
-    for key in ("batch_size", "eval_batch_size"):
-        if config.train[key] % jax.process_count():
-            raise ValueError(f"config.train.{key}={config.train[key]} must divide by {jax.process_count()} processes")
     stats_file = Path(workdir) / "label_statistics.json"
     class_weights = data_class_weights(config, train_source, stats_file)
     sample_indices = None
@@ -81,11 +78,11 @@ def make_data(config, workdir) -> Data:
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
     train = iter(train_dataset(
-        train_source, batch_size=config.train.batch_size // jax.process_count(), seed=config.seed,
+        train_source, batch_size=process_share(config.train, "batch_size"), seed=config.seed,
         scale_range=config.data.scale_range, flip=config.data.flip, jitter=config.data.jitter,
         sample_indices=sample_indices, num_threads=config.data.num_threads, **shared,
     ))
-    val = eval_batches(val_source, batch_size=config.train.eval_batch_size // jax.process_count(), **shared)
+    val = eval_batches(val_source, batch_size=process_share(config.train, "eval_batch_size"), **shared)
     return Data(train, val, class_weights, tuple(train_source.class_names), skipped_samples)
 
 

@@ -127,3 +127,42 @@ def test_bad_samples_are_skipped_counted_and_named_when_asked(tmp_path, caplog):
     np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
     val = eval_batches(SkippingSource(FolderSource(tmp_path / "data", num_classes=3)), batch_size=4, image_size=(16, 16))
     assert [int(val[i]["valid"].sum()) for i in range(len(val))] == [3, 2]  # the bad one is padding
+
+
+class _Samples:
+    def __init__(self, *samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+
+@pytest.mark.parametrize("sample, message", [
+    ({"image": np.zeros((8, 8), np.float32), "label": np.zeros((8, 8), np.int32)},
+     r"sample 0 of _Samples: image must be uint8 \[H, W, C\]; got float32 \[8, 8\]"),
+    ({"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 6), np.int32)},
+     r"sample 0 of _Samples: label must be integer \[H, W\] = \[8, 8\]; got int32 \[8, 6\]"),
+    ({"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 8), np.float32)},
+     r"label must be integer \[H, W\] = \[8, 8\]; got float32"),
+    ({"image": np.zeros((8, 8, 4), np.uint8), "label": np.zeros((8, 8), np.int32)},
+     r"image has 4 channels; config.data.mean/std name 3"),
+    ({"pixels": np.zeros((8, 8, 3), np.uint8)}, r"a sample needs 'image' and 'label'; got keys \['pixels'\]"),
+])
+def test_samples_of_the_wrong_dtype_or_rank_are_errors_naming_the_sample(sample, message):
+    from jaxseg.data.pipeline import CheckedSource
+
+    with pytest.raises(ValueError, match=message):
+        CheckedSource(_Samples(sample), channels=3)[0]
+
+
+def test_checked_folder_errors_name_the_image_file(tmp_path):
+    from jaxseg.data.pipeline import CheckedSource
+    from tests.data.conftest import write_folder
+
+    write_folder(tmp_path / "data", count=2, size=(16, 16))
+    source = CheckedSource(FolderSource(tmp_path / "data", num_classes=3), channels=4)
+    with pytest.raises(ValueError, match=r"sample 1 of FolderSource \(.*img_001\.jpg\): image has 3 channels"):
+        source[1]

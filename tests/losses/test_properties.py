@@ -101,7 +101,7 @@ def token_batches(draw):
     return jnp.asarray(h, dtype), jnp.asarray(w, dtype), jnp.asarray(targets), distribution
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(token_batches(), st.booleans(), st.sampled_from([0.0, 0.1]), st.sampled_from([0.0, 1e-4]))
 def test_token_losses_finite_nonnegative_and_zero_when_all_ignored(batch, streaming, label_smoothing, z_loss):
     h, w, targets, distribution = batch

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.losses.cases import LOSSES
 from tests.losses.transform_cases import LossTransformationsTest  # noqa: F401  (collected here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 50 s of compiles in a subprocess; jit/vmap/grad variants run by default
 def test_pmap_variants_on_four_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     result = subprocess.run(

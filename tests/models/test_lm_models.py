@@ -33,7 +33,12 @@ MODELS = {
     "transformer-rope": transformer,
     "transformer-learned-untied": functools.partial(transformer, positions="learned", tie_weights=False),
 }
-models = pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+# The default run covers one LSTM and one Transformer; the other variants run with -m slow.
+SLOW_VARIANTS = ("lstm-tied", "transformer-learned-untied")
+models = pytest.mark.parametrize("make", [
+    pytest.param(make, id=name, marks=[pytest.mark.slow] if name in SLOW_VARIANTS else [])
+    for name, make in MODELS.items()
+])
 
 
 def random_tokens(seed=0, shape=(2, 12)):
@@ -149,6 +154,7 @@ def test_gradients_reach_every_parameter(make):
         assert np.all(np.isfinite(grad)) and np.any(grad), jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow  # tests/train/test_language.py trains both models in the default run
 @pytest.mark.parametrize("make", [lstm, transformer], ids=["lstm", "transformer"])
 def test_adam_learns_a_repeated_pattern(make):
     model = make(dropout=0.1)
@@ -198,3 +204,34 @@ def test_lstm_layer_follows_the_gate_equations():
     np.testing.assert_array_equal(b[32:64], 1.0)
     x = np.asarray(jax.random.normal(jax.random.key(3), (2, 9, 24)))
     np.testing.assert_allclose(layer(jnp.asarray(x)), reference_lstm(x, w_ih, w_hh, b), atol=1e-5)
+
+
+def plain_scan_lstm(layer, x):
+    """The layer's forward as a plain `lax.scan` of its `step`, for JAX's own autodiff to differentiate."""
+    z = jnp.swapaxes(layer.project(x), 0, 1)
+
+    def scan_step(carry, z_t):
+        carry = layer.step(carry, z_t)
+        return carry, carry[0]
+
+    _, h = jax.lax.scan(scan_step, layer.initial_carry(x.shape[0]), z)
+    return jnp.swapaxes(h, 0, 1).astype(layer.dtype)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)], ids=["float32", "bfloat16"])
+def test_lstm_layer_gradients_match_autodiff_of_a_plain_scan(dtype, rtol):
+    layer = lstm(embed_dim=24, dtype=dtype).layers[0]
+    x = jax.random.normal(jax.random.key(3), (3, 11, 24)).astype(dtype)
+    weights = jax.random.normal(jax.random.key(4), (3, 11, 32))
+
+    def loss(forward):
+        return lambda layer, x: jnp.sum(forward(layer, x).astype(jnp.float32) * weights)
+
+    got = nnx.grad(loss(lambda layer, x: layer(x)), argnums=(0, 1))(layer, x)
+    want = nnx.grad(loss(plain_scan_lstm), argnums=(0, 1))(layer, x)
+    got_leaves, want_leaves = jax.tree_util.tree_leaves_with_path(nnx.state(got)), jax.tree.leaves(nnx.state(want))
+    assert len(got_leaves) == len(want_leaves) == 4  # w_ih, w_hh, b and the input
+    for (path, g), w in zip(got_leaves, want_leaves):
+        assert g.dtype == w.dtype, jax.tree_util.keystr(path)
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max(), err_msg=jax.tree_util.keystr(path))

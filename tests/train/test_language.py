@@ -68,10 +68,10 @@ def test_language_models_learn(trained, model):
     records = read_metrics(workdir)
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == 4 and train[-1]["loss"] < 0.6 * train[0]["loss"]
-    vocab = config.data.vocab_size
-    assert metrics["perplexity"] < vocab / 20  # from ~V untrained
+    unigram = ngram_table(config, workdir, orders=(1,))[1]["perplexity"]  # Kneser-Ney unigram, same tokens
+    assert metrics["perplexity"] < 0.5 * unigram  # the model uses context
     np.testing.assert_allclose(metrics["bits_per_token"], np.log2(metrics["perplexity"]), rtol=1e-6)
-    assert 0.3 < metrics["accuracy"] <= 1.0
+    assert 0.2 < metrics["accuracy"] <= 1.0
     assert train[-1]["tokens_per_second"] > 0
     assert (workdir / "tokenizer.json").exists() and (workdir / "figures" / "curves.png").exists()
 
@@ -119,6 +119,7 @@ def test_streaming_and_materialised_heads_agree(tmp_path):
         np.testing.assert_allclose(value, materialised_params[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_language_run_resumes_exactly(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt", lines=300)
     config = tiny_lm_config("lstm", corpus)
@@ -133,6 +134,7 @@ def test_language_run_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(value, resumed[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_generate_command_line(trained):
     _, workdir, _ = trained["lstm"]
     result = subprocess.run([sys.executable, "-m", "jaxseg.generate", f"--workdir={workdir}", "--prompt=the old",

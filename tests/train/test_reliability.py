@@ -108,6 +108,7 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_breaks_resume(t
     assert_same_final_state(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_checkify_mode_stops_a_bad_batch_inside_the_step_and_naming_it(tiny_config):
     import jax
     from jax.experimental import checkify

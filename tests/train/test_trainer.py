@@ -83,6 +83,7 @@ def test_folder_dataset_trains(tiny_config, tmp_path):
     assert (tmp_path / "run" / "label_statistics.json").exists()
 
 
+@pytest.mark.slow  # the pipeline-level skip test runs by default (tests/data/test_pipeline.py)
 def test_bad_samples_stop_the_run_or_are_skipped_and_counted(tiny_config, tmp_path):
     from tests.data.conftest import write_folder
 
