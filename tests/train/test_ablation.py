@@ -146,6 +146,7 @@ def test_members_in_one_program_equal_separate_runs(runs, strategy, atol):
         np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-4 if strategy == "vmap" else 1e-6)
 
 
+@pytest.mark.slow
 def test_ablation_report_and_logs(runs):
     workdir = runs.together("unroll")
     results = runs.results

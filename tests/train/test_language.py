@@ -44,7 +44,7 @@ def tiny_lm_config(model: str, corpus: Path, compilation_cache: str = ""):
         config.model.update(embed_dim=32, hidden_dim=32, num_layers=1)
     else:
         config.model.update(d_model=32, num_layers=2, num_heads=2)
-    config.optim.update(learning_rate=1e-2, warmup_steps=2)
+    config.optim.update(learning_rate=3e-2 if model == "lstm" else 1e-2, warmup_steps=2)
     config.train.update(steps=40, batch_size=8, eval_batch_size=8, log_every=10, eval_every=20, checkpoint_every=20,
                         progress=False)
     return config
@@ -76,7 +76,7 @@ def test_language_models_learn(trained, model):
     assert (workdir / "tokenizer.json").exists() and (workdir / "figures" / "curves.png").exists()
 
 
-@pytest.mark.parametrize("model", ["lstm", "transformer"])
+@pytest.mark.parametrize("model", [pytest.param("lstm", marks=pytest.mark.slow), "transformer"])
 def test_evaluate_and_generate_from_the_workdir(trained, model):
     _, workdir, metrics = trained[model]
     evaluated = evaluate_workdir(workdir, "latest")

@@ -75,7 +75,8 @@ def assert_same_final_state(workdir: Path, expected: dict) -> None:
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow  # two training subprocesses; CI runs it
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_rerun_resumes(tmp_path, cache, uninterrupted, signum):
     process = subprocess.Popen(command(tmp_path, cache, checkpoint_every=100), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

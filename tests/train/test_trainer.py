@@ -69,6 +69,7 @@ def test_evaluate_and_predict_any_image_size(tiny_config, tmp_path):
     assert labels.shape == (20, 24) and labels.max() < tiny_config.num_classes
 
 
+@pytest.mark.slow  # the folder source and pipelines are tested by default in tests/data
 def test_folder_dataset_trains(tiny_config, tmp_path):
     from tests.data.conftest import write_folder
 
