@@ -35,7 +35,10 @@ class Checkpointer:
     def __init__(self, directory, *, keep: int = 2, best_metric: str = "val_score", asynchronous: bool = True):
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
-        metric = lambda metrics: metrics[best_metric]  # noqa: E731
+
+        def metric(metrics):  # checkpoints written before `val_score` existed carry `val_miou`
+            return metrics[best_metric] if best_metric in metrics else metrics.get("val_miou", float("-inf"))
+
         # BestN ranks ascending and keeps the last n (measured with orbax 0.12.8), so
         # reverse=False keeps the maximum. best_fn makes orbax write the metrics to disk, so
         # the best checkpoint is still known (and kept) after a restart.

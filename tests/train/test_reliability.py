@@ -172,3 +172,20 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_stay(t
     restored = checkpoints.restore(1, {"w": jax.ShapeDtypeStruct((4096,), jnp.float32, sharding=device)})
     np.testing.assert_array_equal(restored["w"], np.arange(4096.0))
     checkpoints.close()
+
+
+def test_checkpoints_ranked_by_the_old_metric_name_still_resume_and_rank(tmp_path):
+    import grain
+    import jax.numpy as jnp
+
+    from jaxseg.train.checkpoint import Checkpointer
+
+    data = iter(grain.MapDataset.range(10).to_iter_dataset())
+    old = Checkpointer(tmp_path, best_metric="val_miou", asynchronous=False)
+    old.save(1, {"w": jnp.ones(3)}, data, {}, {"val_miou": 0.7})
+    old.close()
+    checkpoints = Checkpointer(tmp_path, asynchronous=False)
+    checkpoints.save(2, {"w": jnp.ones(3)}, data, {}, {"val_score": 0.5})
+    checkpoints.save(3, {"w": jnp.ones(3)}, data, {}, {"val_score": 0.6})
+    assert checkpoints.best_step() == 1 and checkpoints.latest_step() == 3
+    checkpoints.close()
