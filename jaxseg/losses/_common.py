@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.ops.labels import check_label_range, one_hot, valid_mask
+from jaxseg.ops.numeric import safe_divide  # noqa: F401  (re-exported to the losses)
 
 REDUCTIONS = ("mean", "sum", "none")
 MODES = ("multiclass", "binary", "multilabel")
@@ -32,12 +33,6 @@ def as_float32(x, name: str = "logits"):
 
 def optional_float32(x):
     return None if x is None else jnp.asarray(x, jnp.float32)
-
-
-def safe_divide(numerator, denominator):
-    """`numerator / denominator`, and 0 (with zero gradient) where the denominator is 0."""
-    nonzero = denominator != 0
-    return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
 def reduce_weighted(values, weights, reduction: str):

@@ -1,10 +1,13 @@
 """Conformance with the libraries users know: torch, smp 0.5, MONAI, torchvision.
 
 Skipped unless those are installed; `make conformance` installs them and runs this module.
-Each case compares the loss value and its gradient w.r.t. the logits (float32).
+Each case compares the loss value and its gradient w.r.t. the logits (float32), or w.r.t. both
+box sets for the box losses; the box geometry is compared with `torchvision.ops.boxes`.
 """
 
 from __future__ import annotations
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxseg import losses
+from jaxseg.ops import boxes as ops
 from tests.conformance import references as ref
 
 torch = ref.torch()
@@ -288,3 +292,122 @@ def test_lovasz_hinge_matches_smp(rng, mode, per_image, ignore):
     ours = lambda x: losses.lovasz_loss(x, labels, mode=mode, per_image=per_image, ignore_index=ignore)
     theirs = lambda t: smp.LovaszLoss(mode, per_image=per_image, ignore_index=ignore)(t, ref.to_torch_nchw(labels))
     assert_same(ours, theirs, logits)
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+BOX_LOSSES = [  # ours, torchvision module, torchvision function
+    ("giou_loss", "giou_loss", "generalized_box_iou_loss"),
+    ("diou_loss", "diou_loss", "distance_box_iou_loss"),
+    ("ciou_loss", "ciou_loss", "complete_box_iou_loss"),
+]
+DEGENERATE_BOX_PAIRS = [  # where torchvision's values and gradients are finite
+    ([1, 1, 4, 3], [1, 1, 4, 3]),  # identical
+    ([0, 0, 1, 1], [3, 4, 5, 6]),  # disjoint
+    ([0, 0, 6, 6], [2, 1, 3, 4]),  # nested
+    ([0, 0, 2, 2], [2, 0, 4, 2]),  # touching edges
+    ([1, 1, 1, 3], [0, 0, 2, 2]),  # zero width
+    ([2, 2, 2, 5], [2, 2, 2, 5]),  # identical zero-width boxes
+]
+
+
+def box_pairs(rng, n=24):
+    """Random valid xyxy boxes `[n, 4]` twice, the degenerate pairs appended."""
+    def boxes():
+        xy = rng.uniform(0, 10, (n, 2))
+        return np.concatenate([xy, xy + rng.uniform(0.3, 6, (n, 2))], axis=-1)
+
+    b1, b2 = boxes(), boxes()
+    b2[:4] = b1[:4] + rng.uniform(-0.7, 0.7, (4, 4))  # overlapping pairs
+    extra1, extra2 = np.array(DEGENERATE_BOX_PAIRS, np.float64).transpose(1, 0, 2)
+    return np.concatenate([b1, extra1]).astype(np.float32), np.concatenate([b2, extra2]).astype(np.float32)
+
+
+def assert_same_boxes(jax_fn, torch_fn, b1, b2, rtol=RTOL, atol=ATOL):
+    """Output and d(sum of it)/d(both box sets) of a JAX and a torch function of two box arrays."""
+    value = jax_fn(jnp.asarray(b1), jnp.asarray(b2))
+    grads = jax.grad(lambda p, q: jnp.sum(jax_fn(p, q)), argnums=(0, 1))(jnp.asarray(b1), jnp.asarray(b2))
+    t1, t2 = flat_leaf(b1), flat_leaf(b2)
+    t_value = torch_fn(t1, t2)
+    t_value.sum().backward()
+    np.testing.assert_allclose(value, t_value.detach().numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grads[0], t1.grad.numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(grads[1], t2.grad.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,module,function", BOX_LOSSES)
+def test_box_losses_match_torchvision(rng, name, module, function, reduction):
+    tv = getattr(ref.torchvision_ops(module), function)
+    b1, b2 = box_pairs(rng)
+    ours = lambda p, q: getattr(losses, name)(p, q, reduction=reduction)
+    theirs = lambda p, q: tv(p, q, reduction=reduction)
+    assert_same_boxes(ours, theirs, b1, b2)
+
+
+@pytest.mark.parametrize("name,module,function", BOX_LOSSES)
+def test_box_losses_eps_and_batch_dims_match_torchvision(rng, name, module, function):
+    tv = getattr(ref.torchvision_ops(module), function)
+    b1, b2 = (b.reshape(3, 10, 4) for b in box_pairs(rng, n=24))
+    # torchvision's CIoU uses eps only in alpha (its DIoU part keeps 1e-7); with eps=1e-7 the
+    # definitions agree, so a different eps is compared for GIoU and DIoU only.
+    eps = 1e-7 if name == "ciou_loss" else 1e-3
+    ours = lambda p, q: getattr(losses, name)(p, q, eps=eps)
+    assert_same_boxes(ours, lambda p, q: tv(p, q, eps=eps), b1, b2)
+
+
+def test_ciou_zero_height_box_matches_torchvision():
+    """atan(w / 0): torchvision's value is finite (pi / 2) but its gradient is NaN; ours is finite."""
+    tv = ref.torchvision_ops("ciou_loss")
+    b1 = np.array([[1, 2, 3, 2], [0, 1, 4, 1]], np.float32)
+    b2 = np.array([[0, 0, 2, 2], [1, 0, 2, 3]], np.float32)
+    theirs = tv.complete_box_iou_loss(torch.from_numpy(b1), torch.from_numpy(b2))
+    np.testing.assert_allclose(losses.ciou_loss(b1, b2), theirs.numpy(), rtol=RTOL, atol=ATOL)
+    assert np.isfinite(jax.grad(lambda p: jnp.sum(losses.ciou_loss(p, b2)))(b1)).all()
+
+
+def torchvision_boxes():
+    """`torchvision.ops.boxes`: its box geometry is plain torch (only `nms` needs compiled ops)."""
+    return ref.torchvision_ops("boxes")
+
+
+@pytest.mark.parametrize("leading", [(), (2,)])
+def test_box_iou_and_giou_match_torchvision(rng, leading):
+    tvb = torchvision_boxes()
+    b1, b2 = box_pairs(rng, n=10)
+    b1, b2 = np.broadcast_to(b1, leading + b1.shape).copy(), np.broadcast_to(b2[:7], leading + (7, 4)).copy()
+    for ours, theirs in [(ops.box_iou, tvb.box_iou), (ops.generalized_box_iou, tvb.generalized_box_iou)]:
+        expected = theirs(torch.from_numpy(b1), torch.from_numpy(b2)).numpy()
+        np.testing.assert_allclose(ours(b1, b2), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_box_iou_of_zero_area_boxes_is_zero_where_torchvision_is_nan():
+    tvb = torchvision_boxes()
+    points = np.array([[1, 1, 1, 1], [2, 2, 2, 2], [0, 0, 3, 3]], np.float32)
+    theirs = tvb.box_iou(torch.from_numpy(points), torch.from_numpy(points)).numpy()
+    ours = np.asarray(ops.box_iou(points, points))
+    nan = np.isnan(theirs)
+    assert nan[0, 0] and nan[1, 1]
+    np.testing.assert_array_equal(ours[nan], 0.0)
+    np.testing.assert_allclose(ours[~nan], theirs[~nan], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("in_fmt", ops.FORMATS)
+@pytest.mark.parametrize("out_fmt", ops.FORMATS)
+def test_box_convert_matches_torchvision(rng, in_fmt, out_fmt):
+    tvb = torchvision_boxes()
+    boxes = rng.uniform(0.5, 20, (2, 5, 4)).astype(np.float32)
+    expected = tvb.box_convert(torch.from_numpy(boxes), in_fmt, out_fmt).numpy()
+    np.testing.assert_array_equal(ops.box_convert(boxes, in_fmt, out_fmt), expected)
+
+
+def test_box_area_and_clip_match_torchvision(rng, monkeypatch):
+    tvb = torchvision_boxes()
+    b1, _ = box_pairs(rng)
+    boxes = (b1 * 3 - 8).reshape(2, -1, 4)
+    np.testing.assert_allclose(ops.box_area(boxes), tvb.box_area(torch.from_numpy(boxes)).numpy(), rtol=RTOL)
+    # The bare torchvision package lacks `_is_tracing`, which clip_boxes_to_image reads.
+    monkeypatch.setattr(sys.modules["torchvision"], "_is_tracing", lambda: False, raising=False)
+    expected = tvb.clip_boxes_to_image(torch.from_numpy(boxes), (13, 17)).numpy()
+    np.testing.assert_array_equal(ops.clip_boxes(boxes, (13, 17)), expected)
