@@ -1,7 +1,8 @@
 """Evaluate a trained model: `python -m jaxseg.evaluate --workdir=DIR [--step=best|latest|N]`.
 
 Prints the validation metrics of the chosen checkpoint (segmentation: mIoU, per-class IoU and
-Dice, pixel accuracy; language models: perplexity, bits per token, token accuracy; loss terms)
+Dice, pixel accuracy; language models: perplexity, bits per token, token accuracy; detection:
+COCO mAP@[.5:.95], mAP@.5, mAP@.75 and per-class AP; loss terms)
 as JSON and writes them to `WORKDIR/eval_step_N.json`.
 """
 
@@ -22,7 +23,7 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     from jaxseg import tasks
     from jaxseg.train.inference import restore
     from jaxseg.train.loop import evaluate
-    from jaxseg.train.step import eval_step
+    from jaxseg.train.step import eval_outputs, eval_step
 
     restored = restore(workdir, step)
     config = restored.config
@@ -32,7 +33,10 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     data = task_module.make_data(config, workdir)
     hp = task_module.hyperparameters(config, data)
     compiled = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=restored.task))
-    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled, task=restored.task)}
+    outputs = functools.partial(eval_outputs, graphdef=restored.graphdef, task=restored.task)
+    predict = jax.jit(lambda state, batch: restored.task.predict(outputs(state, batch)))
+    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled, task=restored.task,
+                                                 predict=predict)}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

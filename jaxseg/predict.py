@@ -1,13 +1,18 @@
-"""Predict masks for image files: `python -m jaxseg.predict --workdir=DIR IMAGE... --out=DIR`.
+"""Predict for image files: `python -m jaxseg.predict --workdir=DIR IMAGE... --out=DIR`.
 
-Writes `<stem>_mask.png` (colour-coded) and `<stem>_labels.png` (class ids) per image. Images
-of any size work: the model sees windows of its training size that overlap by `--overlap`,
-their softmax probabilities are averaged where they overlap, and images smaller than a
-window are padded.
+Segmentation writes `<stem>_mask.png` (colour-coded) and `<stem>_labels.png` (class ids) per
+image. Images of any size work: the model sees windows of its training size that overlap by
+`--overlap`, their softmax probabilities are averaged where they overlap, and images smaller
+than a window are padded.
+
+Detection writes `<stem>_boxes.png` (the image with its detections drawn) and
+`<stem>_boxes.json` (boxes in the image's pixel coordinates, classes, scores): the image is
+resized to the training size, and the boxes are scaled back.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +56,48 @@ def sliding_window_probabilities(image, logits_fn, *, window, num_classes: int, 
     return (total / hits)[:height, :width]
 
 
-def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=16) -> list[Path]:
+def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
+    """Detections of each image file, drawn and listed (boxes in the file's pixel coordinates)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxseg.data.augment import resize
+    from jaxseg.train.logging import draw_boxes
+    from jaxseg.train.step import eval_outputs
+
+    config, task = restored.config, restored.task
+    height, width = config.data.image_size
+    detect = jax.jit(lambda state, images: task.predict(eval_outputs(state, {"image": images},
+                                                                     graphdef=restored.graphdef, task=task)))
+    names = list(task.class_names)
+    written = []
+    for path in map(Path, paths):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        resized, _ = resize(image, None, (height, width))
+        detections = jax.device_get(detect(restored.state, jnp.asarray(resized[None])))
+        keep = detections.mask[0] & (detections.scores[0] >= min_score)
+        factor = np.asarray([image.shape[1] / width, image.shape[0] / height] * 2, np.float32)
+        boxes, classes, scores = detections.boxes[0][keep] * factor, detections.classes[0][keep], detections.scores[0][keep]
+        scale = max(1, 256 // max(image.shape[:2]))
+        Image.fromarray(draw_boxes(image, boxes, classes, scores=scores, class_names=names, scale=scale)).save(
+            out / f"{path.stem}_boxes.png")
+        listed = [{"box_xyxy": [round(float(v), 2) for v in box], "class": names[int(c)], "class_id": int(c),
+                   "score": round(float(s), 4)} for box, c, s in zip(boxes, classes, scores)]
+        (out / f"{path.stem}_boxes.json").write_text(json.dumps(listed, indent=1) + "\n")
+        written.append(out / f"{path.stem}_boxes.png")
+    return written
+
+
+def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=16, min_score=0.3) -> list[Path]:
     from jaxseg.train.inference import logits_fn, restore
     from jaxseg.train.logging import colourise
 
     restored = restore(workdir, step)
     config = restored.config
+    if config.get("task") == "detection":
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return detect_files(restored, paths, out, min_score=min_score)
     channels = len(config.data.mean)
     if channels != 3:
         raise ValueError(f"the model expects {channels} input channels; predict reads RGB image files")
@@ -82,10 +123,11 @@ def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=1
 def define_flags() -> None:
     """Command-line flags, defined only when run as a program (the module stays importable)."""
     flags.DEFINE_string("workdir", None, "Training directory with checkpoints/.", required=True)
-    flags.DEFINE_string("out", None, "Output directory for the mask PNGs.", required=True)
+    flags.DEFINE_string("out", None, "Output directory for the mask (or box) PNGs.", required=True)
     flags.DEFINE_string("step", "best", '"best" (by validation mIoU), "latest" or a step number.')
     flags.DEFINE_float("overlap", 0.5, "Fraction of a window shared with its neighbour, in [0, 1).")
     flags.DEFINE_integer("batch_size", 16, "Windows per forward pass.")
+    flags.DEFINE_float("min_score", 0.3, "Detection only: the lowest score of a box drawn and listed.")
 
 
 def main(argv):
@@ -93,7 +135,7 @@ def main(argv):
         raise app.UsageError("give one or more image files")
     absl_logging.set_verbosity(absl_logging.WARNING)
     for path in predict_files(FLAGS.workdir, argv[1:], FLAGS.out, step=FLAGS.step, overlap=FLAGS.overlap,
-                              batch_size=FLAGS.batch_size):
+                              batch_size=FLAGS.batch_size, min_score=FLAGS.min_score):
         print(path)
 
 

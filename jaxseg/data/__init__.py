@@ -1,7 +1,8 @@
-"""Data sources (synthetic shapes, image folders) and grain pipelines."""
+"""Data sources (synthetic shapes and shape boxes, image folders, COCO files, text) and grain pipelines."""
 
+from jaxseg.data.coco import CocoSource
 from jaxseg.data.folder import FolderSource
 from jaxseg.data.pipeline import eval_batches, train_dataset
-from jaxseg.data.shapes import ShapesSource
+from jaxseg.data.shapes import ShapeBoxesSource, ShapesSource
 
-__all__ = ["FolderSource", "ShapesSource", "eval_batches", "train_dataset"]
+__all__ = ["CocoSource", "FolderSource", "ShapeBoxesSource", "ShapesSource", "eval_batches", "train_dataset"]

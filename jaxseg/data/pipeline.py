@@ -54,11 +54,11 @@ def check_example(example, where: str, *, channels: int | None = None) -> dict:
 
 
 class CheckedSource:
-    """`source` whose samples pass `check_example` (errors name the sample and, for image
-    folders, the file), before any augmentation sees them."""
+    """`source` whose samples pass `check` (default `check_example`, for segmentation; errors
+    name the sample and, for image folders, the file), before any augmentation sees them."""
 
-    def __init__(self, source, *, channels: int | None = None):
-        self.source, self.channels = source, channels
+    def __init__(self, source, *, channels: int | None = None, check=check_example):
+        self.source, self.channels, self.check = source, channels, check
         for name in ("num_classes", "class_names"):
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
@@ -69,7 +69,7 @@ class CheckedSource:
     def __getitem__(self, index):
         items = getattr(self.source, "items", None)
         where = f"sample {index} of {type(self.source).__name__}" + (f" ({items[index][0]})" if items else "")
-        return check_example(self.source[index], where, channels=self.channels)
+        return self.check(self.source[index], where, channels=self.channels)
 
 
 class SkippingSource:
@@ -134,6 +134,7 @@ def train_dataset(
     num_threads: int = 2,
     prefetch: int = 8,
     distance_maps_for: int | None = None,
+    transform=None,
 ):
     """An infinite, reshuffled-every-epoch, augmented and batched `grain.IterDataset`.
 
@@ -143,6 +144,8 @@ def train_dataset(
         `range(len(source))`, so some samples appear several times per epoch.
       distance_maps_for: number of classes; adds `distance` `[H, W, C]` signed distance maps
         (for the boundary loss) computed from the augmented labels.
+      transform: `(example, rng) -> example`, the augmentation of other tasks' samples (e.g.
+        boxes); default: the segmentation `augment` with the options above.
     """
     if sample_indices is not None:
         source = _Indexed(source, sample_indices)
@@ -150,9 +153,9 @@ def train_dataset(
     if len(dataset) < batch_size * process_count:
         raise ValueError(f"{len(dataset)} training samples are fewer than the global batch size {batch_size * process_count}")
     dataset = dataset.shuffle(seed=seed).repeat(None)
-    transform = functools.partial(
-        augment, size=tuple(image_size), scale_range=tuple(scale_range), flip=flip, jitter=jitter, ignore_index=ignore_index
-    )
+    if transform is None:
+        transform = functools.partial(augment, size=tuple(image_size), scale_range=tuple(scale_range), flip=flip,
+                                      jitter=jitter, ignore_index=ignore_index)
     dataset = dataset.random_map(lambda example, rng: transform(example, rng), seed=seed)
     # Sliced after the random map: an element's augmentation depends on its global position.
     dataset = dataset[process_index::process_count]
@@ -172,21 +175,23 @@ def _with_distance_maps(example, *, num_classes: int, ignore_index):
 
 
 def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_index: int = 255,
-                 process_index: int = 0, process_count: int = 1, distance_maps_for: int | None = None):
+                 process_index: int = 0, process_count: int = 1, distance_maps_for: int | None = None,
+                 transform=None, fill: dict | None = None):
     """A finite list-like sequence of batches covering this process's share once.
 
-    The last batch is padded to `batch_size` (padding: image 0, label `ignore_index`,
-    `valid=False`) so every batch has one shape and the evaluation step compiles once. Every
+    `transform(example)` is the preprocessing (default: the segmentation `fit` to
+    `image_size`). The last batch is padded to `batch_size` (padding: image 0, label
+    `ignore_index` or `fill[key]` for each key `fill` names, `valid=False`) so every batch has one shape and the evaluation step compiles once. Every
     process gets the same number of batches (the global evaluation step needs all of them),
     so a process with one sample fewer ends with a batch of padding.
     """
     if len(source) < process_count:
         raise ValueError(f"{len(source)} evaluation samples cannot be shared by {process_count} processes")
     dataset = grain.MapDataset.source(source)[process_index::process_count]
-    dataset = dataset.map(lambda example: fit(example, size=tuple(image_size)))
+    dataset = dataset.map(transform or functools.partial(fit, size=tuple(image_size)))
     if distance_maps_for:
         dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
-    fill = {"label": ignore_index if ignore_index is not None else 0}
+    fill = {"label": ignore_index if ignore_index is not None else 0} if fill is None else fill
     batches = dataset.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, fill=fill))
     per_process = -(-len(source) // process_count)
     return EqualCount(batches, -(-per_process // batch_size), fill=fill)

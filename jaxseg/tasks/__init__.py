@@ -5,12 +5,15 @@ validation batches), `model_factory(config)` (a `make_model(rngs=...)`), `hyperp
 config, data)` (the array pytree `hp` of the train step) and `Task(config)`: `apply`, `loss`,
 `metrics` and `eval_weights` run inside the compiled steps; `scores`, `describe` and
 `progress` turn summed statistics into the metrics the loop logs; `key_metric` and
-`higher_is_better` choose the best checkpoint and the best ablation member.
+`higher_is_better` choose the best checkpoint and the best ablation member; `predict` turns
+outputs into predictions (class ids, detections) and `save_figure` draws them. A task whose
+metric is not a sum over batches (detection's COCO mAP) sets `collects_predictions` and
+provides `evaluator()` and `add_to(evaluator, batch, predictions)`.
 """
 
 from __future__ import annotations
 
-TASKS = ("segmentation", "language")
+TASKS = ("segmentation", "language", "detection")
 
 
 def module(config):
@@ -24,4 +27,21 @@ def module(config):
         from jaxseg.tasks import language
 
         return language
+    if name == "detection":
+        from jaxseg.tasks import detection
+
+        return detection
     raise ValueError(f"config.task must be one of {TASKS}; got {name!r}")
+
+
+def model_options(model_config, models: dict):
+    """(model class, keyword options) of a `config.model` section: `name` picks the class from
+    `models`, `dtype` becomes a NumPy dtype, the other keys pass through."""
+    import jax.numpy as jnp
+
+    options = dict(model_config)
+    name = options.pop("name")
+    if name not in models:
+        raise ValueError(f"config.model.name must be one of {tuple(models)}; got {name!r}")
+    options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
+    return models[name], options

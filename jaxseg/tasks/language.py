@@ -20,6 +20,7 @@ from jaxseg.data import text
 from jaxseg.data.pipeline import process_share
 from jaxseg.models import LSTMLanguageModel, TransformerLanguageModel
 from jaxseg.models.dense import output_logits
+from jaxseg.tasks import model_options
 
 MODELS = {"lstm": LSTMLanguageModel, "transformer": TransformerLanguageModel}
 HEADS = ("streaming", "logits")
@@ -62,15 +63,11 @@ def make_data(config, workdir) -> Data:
 
 def model_factory(config):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
-    options = dict(config.model)
-    name = options.pop("name")
-    if name not in MODELS:
-        raise ValueError(f"config.model.name must be one of {tuple(MODELS)}; got {name!r}")
-    options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
-    if name == "transformer":
+    model, options = model_options(config.model, MODELS)
+    if model is TransformerLanguageModel:
         options.setdefault("max_len", config.data.seq_len)
     vocab_size = 256 if config.data.tokenizer == "bytes" else config.data.vocab_size
-    return functools.partial(MODELS[name], vocab_size, **options)
+    return functools.partial(model, vocab_size, **options)
 
 
 def hyperparameters(config, data: Data | None = None) -> dict:
@@ -129,6 +126,11 @@ class Task:
     def metrics(self, outputs, batch, *, mask=None):
         """Nothing beyond the loss's statistics."""
         return {}
+
+    def predict(self, outputs):
+        """The most likely next token at every position `[B, T]`."""
+        logits = output_logits(outputs["features"], outputs["weight"], outputs["bias"])
+        return jnp.argmax(logits, axis=-1)
 
     def check_batch(self, batch, step) -> None:
         """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""

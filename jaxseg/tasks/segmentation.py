@@ -16,6 +16,7 @@ from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train
 from jaxseg.data.pipeline import CheckedSource, SkippingSource, process_share
 from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
+from jaxseg.tasks import model_options
 
 MODELS = {"unet": UNet, "fcn": FCN}
 DATASETS = ("shapes", "folder")
@@ -93,12 +94,8 @@ def in_channels(data) -> int:
 def model_factory(config, num_classes: int | None = None):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
     num_classes = config.num_classes if num_classes is None else num_classes
-    options = dict(config.model)
-    name = options.pop("name")
-    if name not in MODELS:
-        raise ValueError(f"config.model.name must be one of {tuple(MODELS)}; got {name!r}")
-    options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
-    return functools.partial(MODELS[name], num_classes, in_channels=in_channels(config.data), **options)
+    model, options = model_options(config.model, MODELS)
+    return functools.partial(model, num_classes, in_channels=in_channels(config.data), **options)
 
 
 def loss_hyperparameters(config, class_weights=None) -> dict:
@@ -183,6 +180,10 @@ class Task:
         return {"confusion": confusion_matrix(predictions, batch["label"], self.num_classes,
                                               ignore_index=self.ignore_index, mask=mask)}
 
+    def predict(self, logits):
+        """Class ids `[B, H, W]`."""
+        return jnp.argmax(logits, axis=-1)
+
     def check_batch(self, batch, step) -> None:
         """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""
         from jax.experimental import checkify
@@ -207,10 +208,13 @@ class Task:
     def describe(self, metrics: dict) -> str:
         return f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}"
 
-    def figure(self, host_batch, predictions, data: Data) -> dict:
-        """The arguments of the loop's prediction figure: images, ground truth, predictions."""
-        return dict(images=host_batch["image"], labels=host_batch["label"], predictions=predictions,
-                    num_classes=self.num_classes, ignore_index=self.ignore_index, class_names=list(data.class_names))
+    def save_figure(self, path, host_batch, predictions, data: Data) -> None:
+        """The loop's prediction figure: images, ground truth and predicted masks."""
+        from jaxseg.train.logging import save_prediction_figure
+
+        save_prediction_figure(path, host_batch["image"], host_batch["label"], predictions,
+                               num_classes=self.num_classes, ignore_index=self.ignore_index,
+                               class_names=list(data.class_names))
 
     def progress(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.3f}", "miou": f"{metrics['miou']:.3f}"}

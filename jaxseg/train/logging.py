@@ -148,3 +148,61 @@ def save_curves(path, records: list[dict], keys=("loss", "miou")) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190))
+
+
+def draw_boxes(image, boxes, classes, *, scores=None, class_names=None, scale: int = 1) -> np.ndarray:
+    """RGB uint8 `image` (enlarged `scale` times, nearest) with xyxy `boxes` drawn in a colour
+    per class and labelled with the class name (and score)."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(np.asarray(image)[..., :3].astype(np.uint8))
+    if scale != 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    for index, (box, kind) in enumerate(zip(np.asarray(boxes, np.float64), np.asarray(classes))):
+        colour = BOX_COLOURS[int(kind) % len(BOX_COLOURS)]
+        x0, y0, x1, y1 = (box * scale).tolist()
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=max(1, scale // 2))
+        text = class_names[int(kind)] if class_names else str(int(kind))
+        if scores is not None:
+            text += f" {float(scores[index]):.2f}"
+        draw.text((x0 + 2, max(0.0, y0 - 11)), text, fill=colour)
+    return np.asarray(picture)
+
+
+def save_detection_figure(path, images, truth, detections, *, class_names=None, max_images: int = 6,
+                          scale: int = 4, min_score: float = 0.3) -> None:
+    """A PNG grid: one column per image, rows ground-truth boxes / detections scoring at least
+    `min_score` (with their scores).
+
+    `truth` holds `boxes`, `classes`, `box_mask` `[B, M, ...]`; `detections` has `boxes`,
+    `scores`, `classes` and `mask` `[B, K, ...]` (e.g. `jaxseg.ops.fcos.Detections`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(max_images, len(images))
+    figure, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.4), squeeze=False)
+    for i in range(count):
+        real = np.asarray(truth["box_mask"][i], bool)
+        found = np.asarray(detections.mask[i], bool) & (np.asarray(detections.scores[i]) >= min_score)
+        panels = (
+            draw_boxes(images[i], truth["boxes"][i][real], truth["classes"][i][real], class_names=class_names,
+                       scale=scale),
+            draw_boxes(images[i], detections.boxes[i][found], detections.classes[i][found],
+                       scores=detections.scores[i][found], class_names=class_names, scale=scale),
+        )
+        for row, (panel, title) in enumerate(zip(panels, ("ground truth", "detections"))):
+            axes[row, i].imshow(panel)
+            axes[row, i].axis("off")
+            if i == 0:
+                axes[row, i].set_title(title, fontsize=9, loc="left")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)

@@ -23,7 +23,7 @@ from jaxseg import tasks
 from jaxseg.ablation import report, strategies, variants
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves, save_prediction_figure
+from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves
 from jaxseg.train.optim import nonfinite_counts
 from jaxseg.train.preemption import Preempted, PreemptionWatch
 from jaxseg.train.program import compile_member_program, compile_program
@@ -82,16 +82,35 @@ def best_index(values: list[dict], task) -> int:
     return int(np.argmax(keys) if task.higher_is_better else np.argmin(keys))
 
 
-def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, figure=None, members=None):
+def global_rows(tree):
+    """Host NumPy copies of a pytree of batch-split arrays, all processes' rows."""
+    if all(leaf.is_fully_addressable for leaf in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, figure=None, members=None,
+             predict=None):
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
     losses and statistics, one division by the number of valid images (or tokens) at the
     end. `figure(host_batch, device_batch)` is called with the first batch. With `members=K`
-    the metrics carry a member axis and a list of K summaries is returned."""
+    the metrics carry a member axis and a list of K summaries is returned.
+
+    Tasks whose metrics are not sums (`task.collects_predictions`, e.g. COCO mAP) also get
+    `predict(state, batch)`'s outputs of every batch, gathered from all processes, in their
+    `task.evaluator()`; its `result()` joins the summary."""
+    collector = task.evaluator() if getattr(task, "collects_predictions", False) else None
+    if collector is not None and (predict is None or members is not None):
+        raise ValueError(f"{type(task).__module__}: evaluation needs the predictions of a single model")
     total = None
     for index in range(len(batches)):
         host = batches[index]
         batch = place(host)
         metrics = compiled_eval(state, batch, hp)
+        if collector is not None:
+            task.add_to(collector, global_rows(batch), global_rows(predict(state, batch)))
         total = metrics if total is None else _accumulate(total, metrics)
         if index % SYNC_EVERY == SYNC_EVERY - 1:
             jax.block_until_ready(total)
@@ -100,7 +119,8 @@ def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, f
     total = jax.device_get(total)
     count = total.pop("count")
     if members is None:
-        return summarize(total, count, task)
+        summary = summarize(total, count, task)
+        return summary if collector is None else {**summary, **collector.result()}
     return [summarize(strategies.take(total, k), count[k], task) for k in range(members)]
 
 
@@ -167,8 +187,8 @@ def train_and_evaluate(config, workdir) -> dict:
         def draw(host, batch):
             predictions = program.predict(state, batch, shown)  # every process takes part ...
             if is_main:  # ... process 0 draws its own rows
-                save_prediction_figure(workdir / "figures" / f"val_step_{step:06d}.png",
-                                       **task.figure(host, parallel.local_rows(predictions), data))
+                task.save_figure(workdir / "figures" / f"val_step_{step:06d}.png", host,
+                                 jax.tree.map(parallel.local_rows, predictions), data)
         return draw
 
     # ------------------------------------------------------------------ loop
@@ -216,7 +236,7 @@ def train_and_evaluate(config, workdir) -> dict:
             evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
             if evaluate_now:
                 vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, figure=figure(step),
-                                members=program.members)
+                                members=program.members, predict=program.predict)
                 vals = vals if members else [vals]
                 for name, val in zip(names, vals):
                     logger.write(step, "val", val, member=name)
@@ -240,7 +260,8 @@ def train_and_evaluate(config, workdir) -> dict:
     # ------------------------------------------------------------------ wrap up
     progress.close()
     if not vals:  # resumed at the last step: nothing trained, evaluate what is there
-        vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, members=program.members)
+        vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, members=program.members,
+                        predict=program.predict)
         vals = vals if members else [vals]
     checkpoints.wait()
     checkpoints.close()

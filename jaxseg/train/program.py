@@ -26,7 +26,8 @@ class Program(NamedTuple):
     """`init()` -> state (each array created where it lives); `abstract_state`: its shapes,
     dtypes and shardings (a restore target); `train(state, batch, hp)` -> (state, metrics),
     state donated; `eval(state, batch, hp)` -> summed metrics; `predict(state, batch, member)`
-    -> argmax labels split like the batch (`member` is ignored without members);
+    -> the task's predictions (`task.predict`: class ids, or detections) split like the batch
+    (`member` is ignored without members);
     `place_hp(hp)` puts host hyperparameters where the steps expect them. With `members=K`,
     state, hp and metrics carry a leading member axis."""
 
@@ -64,11 +65,12 @@ def compile_program(config, mesh) -> Program:
     evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
                        in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated)
 
-    def labels(state, batch):
-        return jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), axis=-1)
+    def predictions(state, batch):
+        return task.predict(eval_outputs(state, batch, graphdef=graphdef, task=task))
 
-    compiled_labels = jax.jit(labels, in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)
-    predict = lambda state, batch, member=None: compiled_labels(state, batch)  # noqa: E731
+    compiled_predictions = jax.jit(predictions, in_shardings=(state_sharding, batch_sharding),
+                                   out_shardings=batch_sharding)
+    predict = lambda state, batch, member=None: compiled_predictions(state, batch)  # noqa: E731
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
     return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
                    init, train, evaluate, predict, functools.partial(parallel.replicate, mesh=mesh))
