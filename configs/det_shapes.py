@@ -3,8 +3,8 @@
     python train.py --config=configs/det_shapes.py --workdir=runs/det_shapes
 
 Classes are shape kinds (disk, rectangle, triangle, ring) with random colours and textures;
-1 to 4 shapes per 64x64 image. Evaluation: COCO mAP with pycocotools (README "Object
-detection" has the measured figures). For a COCO-format dataset set `data.name="coco"` and
+1 to 4 shapes per 64x64 image. Evaluation: COCO mAP with pycocotools. On a 2-core CPU it
+reaches mAP@.5 0.997 and mAP@[.5:.95] 0.894 in 8 min 44 s (README "Object detection"). For a COCO-format dataset set `data.name="coco"` and
 the images folders and annotation files below.
 """
 

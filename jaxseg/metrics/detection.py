@@ -131,7 +131,8 @@ class CocoEvaluator:
         `map75`, `map_small`, `map_medium`, `map_large`, and `ap/<class name>` (AP over IoU
         0.5:0.95 of one class). A value is NaN where no ground truth defines it (pycocotools
         says -1): a class never in the ground truth, an empty area range. Classes without
-        ground truth are left out of the means, as in pycocotools."""
+        ground truth are left out of the means, as in pycocotools. Also the counts `images`
+        and `gt_boxes` evaluated."""
         evaluation = self.coco_eval()
         params = evaluation.params
         # [T iou thresholds, R recall points, K classes, A areas, M detection limits]
@@ -144,6 +145,7 @@ class CocoEvaluator:
             metrics[name] = _mean_defined(everywhere[np.isclose(params.iouThrs, iou)])
         for c, name in enumerate(self.class_names):
             metrics[f"ap/{name}"] = _mean_defined(everywhere[:, :, c])
+        metrics["images"], metrics["gt_boxes"] = len(self._images), len(self._ground_truth)
         return metrics
 
 

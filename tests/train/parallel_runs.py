@@ -4,6 +4,8 @@
     python -m tests.train.parallel_runs process WORKDIR STOP  # each of several processes
     python -m tests.train.parallel_runs single WORKDIR        # the same run in one process
     python -m tests.train.parallel_runs members WORKDIR       # an ablation, member axis sharded or not
+    python -m tests.train.parallel_runs detection WORKDIR     # a detector, as one of several processes
+    python -m tests.train.parallel_runs detection_single WORKDIR
 
 `meshes` trains the same config on meshes of 1 and 8 devices (and 8 with FSDP-style state
 sharding) in `WORKDIR/{single,data8,fsdp8}`. `process` trains in `WORKDIR/run` as one of the
@@ -89,9 +91,36 @@ def process(workdir: Path, stop_after: int) -> None:
         dict(metrics, devices=jax.device_count(), processes=jax.process_count(), step=restored.step)))
 
 
+def detection_config():
+    from tests.train.test_detection import tiny_detection_config
+
+    config = tiny_detection_config()
+    config.data.update(train_samples=64, val_samples=20)
+    config.optim.warmup_steps = 1
+    config.train.update(steps=4, batch_size=8, eval_batch_size=8, log_every=1, eval_every=4, checkpoint_every=4)
+    return config
+
+
+def detection(workdir: Path) -> None:
+    """The detector trained and evaluated as one of several processes (or alone): the COCO
+    evaluation sees every process's validation images."""
+    import jax
+
+    from jaxseg.train import parallel
+    from jaxseg.train.loop import train_and_evaluate
+
+    config = detection_config()
+    parallel.initialize_distributed(config)
+    metrics = train_and_evaluate(config, workdir / "run")
+    (workdir / f"detection_{jax.process_index()}.json").write_text(json.dumps(
+        dict(metrics, devices=jax.device_count(), processes=jax.process_count())))
+
+
 if __name__ == "__main__":
     command, workdir = sys.argv[1], Path(sys.argv[2])
-    if command == "meshes":
+    if command in ("detection", "detection_single"):
+        detection(workdir)
+    elif command == "meshes":
         meshes(workdir)
     elif command == "members":
         members(workdir)

@@ -186,3 +186,28 @@ def test_member_axis_split_over_devices_trains_like_unsharded(tmp_path):
     np.testing.assert_allclose(train_losses(tmp_path / names[1]), train_losses(tmp_path / names[0]), rtol=LOSS_RTOL)
     records = [json.loads(line) for line in (tmp_path / names[1] / "metrics.jsonl").read_text().splitlines()]
     assert {r["member"] for r in records} == set(MEMBER_VARIANTS)
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_detection_over_all_images(tmp_path):
+    """COCO mAP is not a sum over batches: each process decodes its share of the validation
+    images and the evaluation gathers them all. 2 processes x 2 CPU devices see the 20
+    images and score like the single-process run."""
+    port = free_port()
+    finish([
+        run_module(["detection", tmp_path / "multi"], devices=2, timeout=300, extra_env={
+            parallel.ENV_COORDINATOR: f"127.0.0.1:{port}", parallel.ENV_NUM_PROCESSES: "2",
+            parallel.ENV_PROCESS_ID: str(index)})
+        for index in range(2)
+    ])
+    finish([run_module(["detection_single", tmp_path / "single"], devices=1, timeout=300)])
+    def defined(path):  # NaN (an area range without boxes) is not equal to itself
+        return {k: v for k, v in json.loads(path.read_text()).items() if v == v}
+
+    multi = [defined(tmp_path / "multi" / f"detection_{i}.json") for i in range(2)]
+    single = defined(tmp_path / "single" / "detection_0.json")
+    assert multi[0] == multi[1] and multi[0]["processes"] == 2 and multi[0]["devices"] == 4
+    assert multi[0]["images"] == single["images"] == 20
+    assert multi[0]["gt_boxes"] == single["gt_boxes"]
+    np.testing.assert_allclose(multi[0]["loss"], single["loss"], rtol=1e-4)
+    np.testing.assert_allclose(multi[0]["map50"], single["map50"], atol=0.02)
