@@ -50,6 +50,7 @@ def get_config():
         name="fcos",
         widths=(16, 32, 64, 128),   # backbone stages, strides 2, 4, 8, 16
         output_stride=4,            # the one FPN level the head predicts on
+        fpn=True,                   # False: the last stage alone, upsampled (README: the FPN pays)
         fpn_width=64,
         head_width=64,
         head_convs=2,

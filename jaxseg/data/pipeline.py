@@ -53,18 +53,26 @@ def check_example(example, where: str, *, channels: int | None = None) -> dict:
     return example
 
 
-class CheckedSource:
-    """`source` whose samples pass `check` (default `check_example`, for segmentation; errors
-    name the sample and, for image folders, the file), before any augmentation sees them."""
+class _SourceWrapper:
+    """A source seen through another: same length, same `num_classes` and `class_names`."""
 
-    def __init__(self, source, *, channels: int | None = None, check=check_example):
-        self.source, self.channels, self.check = source, channels, check
+    def __init__(self, source):
+        self.source = source
         for name in ("num_classes", "class_names"):
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
 
     def __len__(self):
         return len(self.source)
+
+
+class CheckedSource(_SourceWrapper):
+    """`source` whose samples pass `check` (default `check_example`, for segmentation; errors
+    name the sample and, for image folders, the file), before any augmentation sees them."""
+
+    def __init__(self, source, *, channels: int | None = None, check=check_example):
+        super().__init__(source)
+        self.channels, self.check = channels, check
 
     def __getitem__(self, index):
         items = getattr(self.source, "items", None)
@@ -72,26 +80,20 @@ class CheckedSource:
         return self.check(self.source[index], where, channels=self.channels)
 
 
-class SkippingSource:
+class SkippingSource(_SourceWrapper):
     """`source` whose unreadable or invalid samples (the `OSError`/`ValueError` a source
     raises, naming the file) become `None`: the pipelines drop them, a warning names each
     one once, and `skipped` counts them (`config.data.skip_bad_samples`)."""
 
     def __init__(self, source):
-        self.source = source
+        super().__init__(source)
         self.bad: dict[int, str] = {}
         self._lock = threading.Lock()
-        for name in ("num_classes", "class_names"):
-            if hasattr(source, name):
-                setattr(self, name, getattr(source, name))
 
     @property
     def skipped(self) -> int:
         """Distinct bad samples met so far by this process."""
         return len(self.bad)
-
-    def __len__(self):
-        return len(self.source)
 
     def __getitem__(self, index):
         try:

@@ -36,3 +36,19 @@ def flat_apply(layer, x):
     (see `matmul_f32`)."""
     y = layer(x.reshape(-1, x.shape[-1]))
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class OutputHead:
+    """The output projection of a language model: the transposed input embedding when
+    `tie_weights` (with its own `bias`), else the `output` linear layer. Mixed into the models
+    that define `embedding`, `tie_weights` and `bias` or `output`."""
+
+    def head(self):
+        """Output projection as float32 arrays: `(weight [F, V], bias [V])`."""
+        if self.tie_weights:
+            return self.embedding.embedding[...].T, self.bias[...]
+        return self.output.kernel[...], self.output.bias[...]
+
+    def logits(self, features):
+        """`features [..., F]` -> float32 logits `[..., V]`."""
+        return output_logits(features, *self.head())

@@ -39,12 +39,14 @@ class FCOSDetector(nnx.Module):
       num_classes: object classes (no background class: scores are per-class sigmoids).
       widths: backbone stage widths; stage i has stride `2 ** (i + 1)`.
       output_stride: stride of the prediction map (a power of two reached by some stage).
+      fpn: True: the FPN top-down path adds every stage from the output stride down; False:
+        the last stage alone, upsampled to the output stride (the ablation of the FPN).
       fpn_width / head_width / head_convs: neck and tower sizes.
       prior: initial foreground probability of the class logits (focal-loss initialisation).
     """
 
     def __init__(self, num_classes: int, *, in_channels: int = 3, widths=(16, 32, 64, 128), output_stride: int = 4,
-                 fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, norm: str = "batch",
+                 fpn: bool = True, fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, norm: str = "batch",
                  head_norm: str = "group", groups: int = 8, prior: float = 0.01, dtype=jnp.float32,
                  rngs: nnx.Rngs):
         strides = [2 ** (i + 1) for i in range(len(widths))]
@@ -58,7 +60,7 @@ class FCOSDetector(nnx.Module):
                       ConvNormReLU(w, w, norm=norm, **options)])
             for i, w in enumerate(widths)
         ])
-        used = widths[self.first_level:]
+        used = widths[self.first_level:] if fpn else widths[-1:]
         self.laterals = nnx.List([conv(w, fpn_width, (1, 1), dtype=dtype, rngs=rngs) for w in used])
         self.smooth = ConvNormReLU(fpn_width, fpn_width, norm=norm, **options)
         tower = lambda: nnx.List([ConvNormReLU(fpn_width if i == 0 else head_width, head_width, norm=head_norm,  # noqa: E731
@@ -82,6 +84,9 @@ class FCOSDetector(nnx.Module):
             maps.append(x)
         maps = maps[self.first_level:]
         fused = self.laterals[-1](maps[-1])
+        if len(self.laterals) == 1:  # no FPN: the last stage, upsampled
+            factor = 2 ** (len(maps) - 1)
+            fused = jnp.repeat(jnp.repeat(fused, factor, axis=1), factor, axis=2)
         for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(maps[:-1])):
             fused = lateral(feature) + jnp.repeat(jnp.repeat(fused, 2, axis=1), 2, axis=2)
         return self.smooth(fused, train=train)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.dense import embedding_init, matmul_f32, output_logits
+from jaxseg.models.dense import OutputHead, embedding_init, matmul_f32
 
 
 def lstm_cell(z, c):
@@ -132,7 +132,7 @@ class LSTMLayer(nnx.Module):
         return jnp.swapaxes(h, 0, 1).astype(self.dtype)
 
 
-class LSTMLanguageModel(nnx.Module):
+class LSTMLanguageModel(OutputHead, nnx.Module):
     """Embedding -> dropout -> `num_layers` x (LSTM -> dropout) -> features -> output projection.
 
     Every sequence starts from a zero state (stateless windows). The output projection is kept
@@ -198,16 +198,6 @@ class LSTMLanguageModel(nnx.Module):
         for layer, layer_key in zip(self.layers, keys[1:]):
             x = self._drop(layer(x), train, layer_key)
         return x
-
-    def head(self):
-        """Output projection as float32 arrays: `(weight [F, V], bias [V])`."""
-        if self.tie_weights:
-            return self.embedding.embedding[...].T, self.bias[...]
-        return self.output.kernel[...], self.output.bias[...]
-
-    def logits(self, features):
-        """`features [..., F]` -> float32 logits `[..., V]`."""
-        return output_logits(features, *self.head())
 
     def initial_carry(self, batch_size: int):
         """Zero state for `decode_step`: a tuple of per-layer `(h, c)`, each `[batch_size, H]` float32."""

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.dense import embedding_init, flat_apply, output_logits
+from jaxseg.models.dense import OutputHead, embedding_init, flat_apply
 
 POSITIONS = ("rope", "learned")
 
@@ -87,7 +87,7 @@ class Block(nnx.Module):
         return x + self._drop(y, train, keys[1]), cache
 
 
-class TransformerLanguageModel(nnx.Module):
+class TransformerLanguageModel(OutputHead, nnx.Module):
     """Decoder-only Transformer: embedding (+ learned positions) -> dropout -> blocks -> LayerNorm.
 
     Pre-norm with LayerNorm (GPT-2; statistics in float32), GELU MLP, biases in every linear
@@ -177,16 +177,6 @@ class TransformerLanguageModel(nnx.Module):
         for block, block_key in zip(self.blocks, keys[1:]):
             x, _ = block(x, positions, train=train, key=block_key)
         return self.final_norm(x)
-
-    def head(self):
-        """Output projection as float32 arrays: `(weight [d_model, V], bias [V])`."""
-        if self.tie_weights:
-            return self.embedding.embedding[...].T, self.bias[...]
-        return self.output.kernel[...], self.output.bias[...]
-
-    def logits(self, features):
-        """`features [..., d_model]` -> float32 logits `[..., V]`."""
-        return output_logits(features, *self.head())
 
     def init_cache(self, batch_size: int, max_len: int | None = None):
         """Empty KV cache for `decode_step`: a tuple of per-layer `(k, v)`, each `[B, max_len, heads, head_dim]`.

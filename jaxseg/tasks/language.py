@@ -61,13 +61,17 @@ def make_data(config, workdir) -> Data:
     return Data(train, val, tokenizer, val_tokens)
 
 
+def vocab_size(config) -> int:
+    """Token ids the model embeds and predicts: 256 for bytes, else the BPE vocabulary size."""
+    return 256 if config.data.tokenizer == "bytes" else config.data.vocab_size
+
+
 def model_factory(config):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
     model, options = model_options(config.model, MODELS)
     if model is TransformerLanguageModel:
         options.setdefault("max_len", config.data.seq_len)
-    vocab_size = 256 if config.data.tokenizer == "bytes" else config.data.vocab_size
-    return functools.partial(model, vocab_size, **options)
+    return functools.partial(model, vocab_size(config), **options)
 
 
 def hyperparameters(config, data: Data | None = None) -> dict:
@@ -94,7 +98,7 @@ class Task:
         self.head = config.loss.head
         self.chunk_size = tuple(config.loss.chunk_size)
         self.seq_len = config.data.seq_len
-        self.vocab_size = 256 if config.data.tokenizer == "bytes" else config.data.vocab_size
+        self.vocab_size = vocab_size(config)
 
     def units_per_batch(self, batch_size: int) -> int:
         return batch_size * self.seq_len
