@@ -183,8 +183,8 @@ class Task:
         classes, mask = batch["classes"], batch["box_mask"]
         ok = jnp.where(mask, (classes >= 0) & (classes < self.num_classes), True)
         checkify.check(jnp.all(ok), f"step {{step}}: box classes outside [0, {self.num_classes}): min {{low}}, "
-                       f"max {{high}}", step=step, low=jnp.min(jnp.where(mask, classes, 0)),
-                       high=jnp.max(jnp.where(mask, classes, 0)))
+                       f"max {{high}}", step=step, low=jnp.min(jnp.where(mask, classes, jnp.iinfo(classes.dtype).max)),
+                       high=jnp.max(jnp.where(mask, classes, jnp.iinfo(classes.dtype).min)))  # real boxes only
 
     def eval_weights(self, batch):
         """(weights of the images, number of valid images): padding rows count for nothing."""

@@ -164,3 +164,24 @@ def test_training_on_a_coco_format_dataset(tmp_path):
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert set(f"ap/{name}" for name in det_shapes.get_config().data.class_names) <= set(metrics)
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["map"] <= 1.0
+
+
+@pytest.mark.slow
+def test_checkify_mode_names_a_box_class_out_of_range(tmp_path):
+    import jax
+    from jax.experimental import checkify
+
+    from jaxseg.train import parallel
+    from jaxseg.train.program import compile_program
+
+    config = tiny_detection_config()
+    config.train.checkify = True
+    mesh = parallel.make_mesh(config.get("mesh"))
+    program = compile_program(config, mesh)
+    hp = program.place_hp(detection.hyperparameters(config))
+    batch = next(detection.make_data(config, tmp_path).train)
+    state, metrics = program.train(program.init(), parallel.global_batch(batch, mesh=mesh), hp)
+    assert np.isfinite(float(jax.device_get(metrics["loss"])))
+    bad = dict(batch, classes=np.where(batch["box_mask"], 9, batch["classes"]).astype(np.int32))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"step 1: box classes outside \[0, 4\): min 9, max 9"):
+        program.train(state, parallel.global_batch(bad, mesh=mesh), hp)
