@@ -9,6 +9,8 @@ has to learn geometry (a ring differs from a disk only by its hole).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 CLASSES = ("background", "disk", "rectangle", "triangle", "ring")
@@ -79,16 +81,22 @@ def make_sample(seed: int, split: str, index: int, *, size: int = 64, max_shapes
 
 
 class ShapesSource:
-    """A grain random-access source of `num_samples` generated samples of one split."""
+    """A grain random-access source of `num_samples` generated samples of one split; the
+    keyword options are those of `make_sample`."""
 
-    def __init__(self, num_samples: int, *, split: str = "train", seed: int = 0, size: int = 64,
-                 max_shapes: int = 4, depth: bool = False):
+    make = staticmethod(make_sample)
+    class_names = CLASSES
+
+    def __init__(self, num_samples: int, *, split: str = "train", seed: int = 0, **options):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}; got {split!r}")
+        # The generator's own signature checks the options (a misspelt one fails here) and
+        # fills in the defaults, so `options` says everything a sample depends on.
+        bound = inspect.signature(self.make).bind(seed, split, 0, **options)
+        bound.apply_defaults()
+        self.options = {name: bound.arguments[name] for name in list(bound.arguments)[3:]}
         self.num_samples, self.split, self.seed = num_samples, split, seed
-        self.options = dict(size=size, max_shapes=max_shapes, depth=depth)
-        self.num_classes = len(CLASSES)
-        self.class_names = CLASSES
+        self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -96,11 +104,10 @@ class ShapesSource:
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"sample {index} out of range [0, {self.num_samples})")
-        return make_sample(self.seed, self.split, int(index), **self.options)
+        return self.make(self.seed, self.split, int(index), **self.options)
 
     def __repr__(self) -> str:
-        return f"ShapesSource({self.num_samples}, split={self.split!r}, seed={self.seed}, {self.options})"
-
+        return f"{type(self).__name__}({self.num_samples}, split={self.split!r}, seed={self.seed}, {self.options})"
 
 DETECTION_CLASSES = CLASSES[1:]  # detection has no background class: ids 0..3
 DETECTION_STREAM = 7  # keeps the detection samples' random stream apart from segmentation's
@@ -154,25 +161,9 @@ def _grow(mask):
     return grown
 
 
-class ShapeBoxesSource:
-    """A grain random-access source of `num_samples` generated detection samples of one split."""
+class ShapeBoxesSource(ShapesSource):
+    """A grain random-access source of `num_samples` generated detection samples of one split;
+    the keyword options are those of `make_detection_sample`."""
 
-    def __init__(self, num_samples: int, *, split: str = "train", seed: int = 0, size: int = 64,
-                 max_shapes: int = 4, max_boxes: int | None = None):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {tuple(SPLITS)}; got {split!r}")
-        self.num_samples, self.split, self.seed = num_samples, split, seed
-        self.options = dict(size=size, max_shapes=max_shapes, max_boxes=max_boxes)
-        self.num_classes = len(DETECTION_CLASSES)
-        self.class_names = DETECTION_CLASSES
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"sample {index} out of range [0, {self.num_samples})")
-        return make_detection_sample(self.seed, self.split, int(index), **self.options)
-
-    def __repr__(self) -> str:
-        return f"ShapeBoxesSource({self.num_samples}, split={self.split!r}, seed={self.seed}, {self.options})"
+    make = staticmethod(make_detection_sample)
+    class_names = DETECTION_CLASSES
