@@ -36,17 +36,23 @@ def process_share(config_train, key: str) -> int:
     return size // processes
 
 
+def check_image(image, where: str, *, channels: int | None = None) -> np.ndarray:
+    """`image` as uint8 `[H, W, C]` with `channels` channels, or an error naming `where`."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"{where}: image must be uint8 [H, W, C]; got {image.dtype} {list(image.shape)}")
+    if channels is not None and image.shape[-1] != channels:
+        raise ValueError(f"{where}: image has {image.shape[-1]} channels; config.data.mean/std name {channels}")
+    return image
+
+
 def check_example(example, where: str, *, channels: int | None = None) -> dict:
     """A segmentation sample as the pipelines expect it, or an error naming `where` and the
     problem: `image` uint8 `[H, W, C]`, `label` integer `[H, W]` of the same H and W."""
     image, label = example.get("image"), example.get("label")
     if image is None or label is None:
         raise ValueError(f"{where}: a sample needs 'image' and 'label'; got keys {sorted(example)}")
-    image, label = np.asarray(image), np.asarray(label)
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"{where}: image must be uint8 [H, W, C]; got {image.dtype} {list(image.shape)}")
-    if channels is not None and image.shape[-1] != channels:
-        raise ValueError(f"{where}: image has {image.shape[-1]} channels; config.data.mean/std name {channels}")
+    image, label = check_image(image, where, channels=channels), np.asarray(label)
     if not np.issubdtype(label.dtype, np.integer) or label.shape != image.shape[:2]:
         raise ValueError(f"{where}: label must be integer [H, W] = {list(image.shape[:2])}; got {label.dtype} "
                          f"{list(label.shape)}")

@@ -45,3 +45,21 @@ def model_options(model_config, models: dict):
         raise ValueError(f"config.model.name must be one of {tuple(models)}; got {name!r}")
     options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
     return models[name], options
+
+
+def checked_sources(config, sources, **check_options):
+    """(train, validation, skipped-sample counter or None): `sources` whose samples pass the
+    pipeline checks (`CheckedSource`; `check_options` e.g. a task's own `check`), skipped and
+    counted when bad with `config.data.skip_bad_samples`, and whose class count is
+    `config.num_classes`."""
+    from jaxseg.data.pipeline import CheckedSource, SkippingSource
+
+    train, val = (CheckedSource(s, channels=len(config.data.mean), **check_options) for s in sources)
+    skipped_samples = None
+    if config.data.get("skip_bad_samples", False):
+        train, val = SkippingSource(train), SkippingSource(val)
+        skipped_samples = lambda: train.skipped + val.skipped  # noqa: E731
+    if train.num_classes != config.num_classes:
+        raise ValueError(f"config.num_classes={config.num_classes} but the {config.data.name} data has "
+                         f"{train.num_classes} classes")
+    return train, val, skipped_samples

@@ -19,12 +19,12 @@ from flax import nnx
 
 from jaxseg.data.box_augment import augment_detection, fit_detection
 from jaxseg.data.coco import CocoSource
-from jaxseg.data.pipeline import CheckedSource, SkippingSource, eval_batches, process_share, train_dataset
+from jaxseg.data.pipeline import check_image, eval_batches, process_share, train_dataset
 from jaxseg.data.shapes import ShapeBoxesSource
 from jaxseg.losses.detection import fcos_loss
 from jaxseg.models.detector import FCOSDetector
 from jaxseg.ops import fcos
-from jaxseg.tasks import model_options
+from jaxseg.tasks import checked_sources, model_options
 from jaxseg.tasks.segmentation import normalize
 
 MODELS = {"fcos": FCOSDetector}
@@ -40,12 +40,8 @@ def check_example(example, where: str, *, channels: int | None = None, max_boxes
     if missing:
         raise ValueError(f"{where}: a detection sample needs image, boxes, classes and box_mask; "
                          f"missing {sorted(missing)}")
-    image, boxes = np.asarray(example["image"]), np.asarray(example["boxes"])
-    classes, box_mask = np.asarray(example["classes"]), np.asarray(example["box_mask"])
-    if image.dtype != np.uint8 or image.ndim != 3:
-        raise ValueError(f"{where}: image must be uint8 [H, W, C]; got {image.dtype} {list(image.shape)}")
-    if channels is not None and image.shape[-1] != channels:
-        raise ValueError(f"{where}: image has {image.shape[-1]} channels; config.data.mean/std name {channels}")
+    check_image(example["image"], where, channels=channels)
+    boxes, classes, box_mask = (np.asarray(example[key]) for key in ("boxes", "classes", "box_mask"))
     slots = boxes.shape[0] if boxes.ndim == 2 else -1
     if boxes.ndim != 2 or boxes.shape[1] != 4 or classes.shape != (slots,) or box_mask.shape != (slots,):
         raise ValueError(f"{where}: boxes must be [M, 4] with classes and box_mask [M]; got boxes "
@@ -86,15 +82,7 @@ def make_data(config, workdir) -> Data:
     """Sources and grain pipelines (box-aware augmentation) for this process."""
     del workdir  # nothing cached
     check = functools.partial(check_example, max_boxes=config.data.max_boxes)
-    train_source, val_source = (CheckedSource(s, channels=len(config.data.mean), check=check)
-                                for s in make_sources(config))
-    skipped_samples = None
-    if config.data.get("skip_bad_samples", False):
-        train_source, val_source = SkippingSource(train_source), SkippingSource(val_source)
-        skipped_samples = lambda: train_source.skipped + val_source.skipped  # noqa: E731
-    if train_source.num_classes != config.num_classes:
-        raise ValueError(f"config.num_classes={config.num_classes} but the {config.data.name} data has "
-                         f"{train_source.num_classes} classes")
+    train_source, val_source, skipped_samples = checked_sources(config, make_sources(config), check=check)
     if not config.data.class_names:
         # The data names the classes (COCO categories): the task's metrics and the config saved
         # with each checkpoint (evaluate, predict) take the names from here.

@@ -13,10 +13,10 @@ from flax import nnx
 
 from jaxseg import losses
 from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train_dataset
-from jaxseg.data.pipeline import CheckedSource, SkippingSource, process_share
+from jaxseg.data.pipeline import process_share
 from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
-from jaxseg.tasks import model_options
+from jaxseg.tasks import checked_sources, model_options
 
 MODELS = {"unet": UNet, "fcn": FCN}
 DATASETS = ("shapes", "folder")
@@ -56,15 +56,7 @@ def make_data(config, workdir) -> Data:
     if ignore is not None and 0 <= ignore < config.num_classes:
         raise ValueError(f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
                          f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255")
-    train_source, val_source = (CheckedSource(s, channels=in_channels(config.data)) for s in make_sources(config))
-    skipped_samples = None
-    if config.data.get("skip_bad_samples", False):
-        train_source, val_source = SkippingSource(train_source), SkippingSource(val_source)
-        skipped_samples = lambda: train_source.skipped + val_source.skipped  # noqa: E731
-    if train_source.num_classes != config.num_classes:
-        raise ValueError(
-            f"config.num_classes={config.num_classes} but the {config.data.name} data has {train_source.num_classes} classes"
-        )
+    train_source, val_source, skipped_samples = checked_sources(config, make_sources(config))
     stats_file = Path(workdir) / "label_statistics.json"
     class_weights = data_class_weights(config, train_source, stats_file)
     sample_indices = None
