@@ -21,9 +21,9 @@ FLAGS = flags.FLAGS
 
 def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     from jaxseg import tasks
-    from jaxseg.train.inference import restore
+    from jaxseg.train.inference import predict_fn, restore
     from jaxseg.train.loop import evaluate
-    from jaxseg.train.step import eval_outputs, eval_step
+    from jaxseg.train.step import eval_step
 
     restored = restore(workdir, step)
     config = restored.config
@@ -33,10 +33,8 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     data = task_module.make_data(config, workdir)
     hp = task_module.hyperparameters(config, data)
     compiled = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=restored.task))
-    outputs = functools.partial(eval_outputs, graphdef=restored.graphdef, task=restored.task)
-    predict = jax.jit(lambda state, batch: restored.task.predict(outputs(state, batch)))
     metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled, task=restored.task,
-                                                 predict=predict)}
+                                                 predict=predict_fn(restored))}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -62,19 +62,18 @@ def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
     import jax.numpy as jnp
 
     from jaxseg.data.augment import resize
+    from jaxseg.train.inference import predict_fn
     from jaxseg.train.logging import draw_boxes
-    from jaxseg.train.step import eval_outputs
 
     config, task = restored.config, restored.task
     height, width = config.data.image_size
-    detect = jax.jit(lambda state, images: task.predict(eval_outputs(state, {"image": images},
-                                                                     graphdef=restored.graphdef, task=task)))
+    detect = predict_fn(restored)
     names = list(task.class_names)
     written = []
     for path in map(Path, paths):
         image = np.asarray(Image.open(path).convert("RGB"))
         resized, _ = resize(image, None, (height, width))
-        detections = jax.device_get(detect(restored.state, jnp.asarray(resized[None])))
+        detections = jax.device_get(detect(restored.state, {"image": jnp.asarray(resized[None])}))
         keep = detections.mask[0] & (detections.scores[0] >= min_score)
         factor = np.asarray([image.shape[1] / width, image.shape[0] / height] * 2, np.float32)
         boxes, classes, scores = detections.boxes[0][keep] * factor, detections.classes[0][keep], detections.scores[0][keep]

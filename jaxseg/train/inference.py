@@ -59,3 +59,10 @@ def logits_fn(restored: Restored):
     """A jitted `batch -> logits` for uint8 images `[B, H, W, C_in]` (evaluation mode)."""
     outputs = jax.jit(functools.partial(eval_outputs, graphdef=restored.graphdef, task=restored.task))
     return lambda images: outputs(restored.state, {"image": images})
+
+
+def predict_fn(restored: Restored):
+    """A jitted `(state, batch) -> predictions` of the task (`task.predict` of the outputs in
+    evaluation mode: class ids, or detections)."""
+    task = restored.task
+    return jax.jit(lambda state, batch: task.predict(eval_outputs(state, batch, graphdef=restored.graphdef, task=task)))
