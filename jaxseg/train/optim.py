@@ -5,6 +5,9 @@
 Every hyperparameter that a schedule or an ablation changes lives in the optimiser state as
 an array (`opt_state...hyperparams["learning_rate"]`), so it can be logged and vmapped. L1 is
 a loss term (`l1_penalty`), not a transformation, because it is part of the objective.
+
+`core` is Adam, SGD with momentum, or Muon (`optax.contrib.scale_by_muon` on the hidden weight
+matrices, Adam on the rest; see `muon_labels`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 SCHEDULES = ("constant", "exponential", "cosine", "warmup_cosine", "piecewise")
 
 
@@ -45,8 +48,65 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def muon_labels(params):
+    """"muon" for the weight matrices inside the network, "adam" for the rest.
+
+    Muon orthogonalises the update of a linear map; embeddings and output projections are
+    lookup tables and per-token read-outs rather than maps between hidden spaces (Jordan et
+    al. 2024 keep them on Adam), and vectors (biases, norm scales) have no matrix structure.
+    A leaf is on Muon when it has 2 or more axes and no part of its path names an embedding
+    or the output layer (`embedding`, `position_embedding`, `output`, `head`).
+    """
+
+    def label(path, leaf):
+        names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+        excluded = any("embed" in name or name in ("output", "head") for name in names)
+        return "muon" if leaf.ndim >= 2 and not excluded else "adam"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _muon_dimensions(updates):
+    """Muon's matrix view of each leaf it sees: the last axis is the output (a dense `[in, out]`
+    kernel, a convolution's `[..., in, out]` with its spatial and input axes reduced)."""
+    return jax.tree.map(
+        lambda u: optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(range(u.ndim - 1)), output_axis=u.ndim - 1),
+        updates,
+    )
+
+
+def _scale_to_rms(rms: float) -> optax.GradientTransformation:
+    """Scale each orthogonalised `[..., in, out]` update by `rms * sqrt(max(fan_in, fan_out))`,
+    giving it the RMS `rms` of a typical Adam update (Liu et al. 2025, "Muon is scalable"), so
+    that one learning rate and weight decay serve the Muon and the Adam parameters."""
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def scale(u):
+            fan_in = u.size // u.shape[-1]
+            return u * (rms * max(fan_in, u.shape[-1]) ** 0.5)
+
+        return jax.tree.map(scale, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def _muon(optim):
+    """Muon (Nesterov momentum orthogonalised by Newton-Schulz) on the hidden weight matrices,
+    Adam on the rest (see `muon_labels`)."""
+    matrices = optax.chain(
+        optax.contrib.scale_by_muon(beta=optim.momentum, weight_dimension_numbers=_muon_dimensions),
+        _scale_to_rms(0.2),
+    )
+    rest = optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    return optax.partition({"muon": matrices, "adam": rest}, muon_labels)
+
+
 def _core(name: str, optim, learning_rate, weight_decay):
-    if name == "sgd":
+    if name == "muon":
+        core = [_muon(optim)]
+    elif name == "sgd":
         core = [optax.trace(decay=optim.momentum, nesterov=optim.get("nesterov", False))] if optim.momentum else []
     else:
         core = [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)]

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from jaxseg.tasks import segmentation
-from jaxseg.train.optim import current_learning_rate, l1_penalty, learning_rate_schedule, make_optimizer
+from jaxseg.train.optim import current_learning_rate, l1_penalty, learning_rate_schedule, make_optimizer, muon_labels
 from jaxseg.train.state import init_state, model_graphdef
 from jaxseg.train.step import train_step
 
@@ -45,7 +45,7 @@ def test_unknown_schedule_and_optimizer_are_errors():
         make_optimizer(optim_config(name="adagrad"), 1000)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "muon"])
 def test_decoupled_weight_decay_touches_kernels_only(name):
     params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}
     tx = make_optimizer(optim_config(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5, clip_norm=0.0), 10)
@@ -56,6 +56,55 @@ def test_decoupled_weight_decay_touches_kernels_only(name):
     expected = 0.0 if name == "adam" else -0.1 * 0.5  # adam has no decoupled decay
     np.testing.assert_allclose(updates["kernel"], expected, atol=1e-7)
     assert float(current_learning_rate(state)) == pytest.approx(0.1)
+
+
+def test_muon_takes_the_hidden_matrices_and_leaves_embeddings_heads_and_vectors_to_adam():
+    from flax import nnx
+
+    from jaxseg.models.lstm_lm import LSTMLanguageModel
+    from jaxseg.models.transformer_lm import TransformerLanguageModel
+    from jaxseg.models.unet import UNet
+
+    def on_muon(model):
+        labels = muon_labels(nnx.state(model, nnx.Param))
+        return {jax.tree_util.keystr(path) for path, label in jax.tree_util.tree_leaves_with_path(labels)
+                if label == "muon"}
+
+    transformer = TransformerLanguageModel(50, d_model=16, num_layers=2, num_heads=2, max_len=8, positions="learned",
+                                           rngs=nnx.Rngs(0))
+    expected = {f"['blocks'][{i}]{name}['kernel'].value"
+                for i in range(2) for name in ("['attention']['qkv']", "['attention']['out']", "['mlp_in']", "['mlp_out']")}
+    assert on_muon(transformer) == expected  # not the token or position embeddings, biases or norms
+    lstm = LSTMLanguageModel(50, embed_dim=8, hidden_dim=8, num_layers=1, rngs=nnx.Rngs(0))
+    assert on_muon(lstm) == {"['layers'][0]['w_ih'].value", "['layers'][0]['w_hh'].value"}  # not the untied output
+    unet = on_muon(UNet(num_classes=3, depth=2, base_width=4, rngs=nnx.Rngs(0)))
+    assert unet and all(name.endswith("['kernel'].value") for name in unet)  # 4-D convolution kernels included
+
+
+def test_muon_orthogonalises_matrix_updates_at_adam_rms_and_runs_adam_elsewhere():
+    """First step from a gradient G: the matrix moves along G's polar factor U V^T with the RMS
+    0.2 * lr of an Adam step (Newton-Schulz leaves singular values in about [0.7, 1.2]); the
+    embedding and the bias take Adam's first step, -lr * sign(g)."""
+    lr = 0.01
+    rng = np.random.default_rng(0)
+    params = {"embedding": {"embedding": jnp.zeros((12, 6))}, "dense": {"kernel": jnp.zeros((6, 10)), "bias": jnp.zeros(10)},
+              "conv": {"kernel": jnp.zeros((3, 3, 2, 4))}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    tx = make_optimizer(optim_config(name="muon", schedule="constant", learning_rate=lr, weight_decay=0.0, clip_norm=0.0,
+                                     momentum=0.95), 10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for kernel, fan_in, fan_out in ((updates["dense"]["kernel"], 6, 10), (updates["conv"]["kernel"], 18, 4)):
+        matrix = -np.asarray(kernel).reshape(fan_in, fan_out) / (lr * 0.2 * max(fan_in, fan_out) ** 0.5)
+        singular = np.linalg.svd(matrix, compute_uv=False)
+        assert singular.min() > 0.6 and singular.max() < 1.3, singular
+        g = np.asarray(grads["dense"]["kernel"] if fan_in == 6 else grads["conv"]["kernel"]).reshape(fan_in, fan_out)
+        u, _, vt = np.linalg.svd(g, full_matrices=False)
+        polar = u @ vt
+        assert np.sum(matrix * polar) / (np.linalg.norm(matrix) * np.linalg.norm(polar)) > 0.97
+        assert float(np.sqrt(np.mean(np.asarray(kernel) ** 2))) == pytest.approx(0.2 * lr, rel=0.3)
+    for name, leaf in (("embedding", ("embedding", "embedding")), ("bias", ("dense", "bias"))):
+        np.testing.assert_allclose(updates[leaf[0]][leaf[1]], -lr * np.sign(grads[leaf[0]][leaf[1]]), rtol=1e-4,
+                                   err_msg=name)
 
 
 def test_l1_penalty_sums_kernels():
