@@ -1,4 +1,4 @@
-"""The convolution with the row-block kernel gradient and the 2x2 max pool: same numbers as lax."""
+"""The convolution with the GEMM kernel gradient and the 2x2 max pool: same numbers as lax."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def lax_conv(x, w):
     ((2, 8, 12, 3), (3, 3, 3, 5)),
     ((3, 16, 16, 4), (1, 1, 4, 2)),
     ((1, 10, 6, 2), (5, 5, 2, 3)),
-    ((2, 7, 9, 3), (3, 3, 3, 4)),  # odd sizes: row blocks must divide the height
+    ((2, 7, 9, 3), (3, 3, 3, 4)),  # odd sizes
+    ((2, 6, 5, 3), (2, 2, 3, 4)),  # even kernel: SAME pads one more after than before
+    ((1, 9, 6, 2), (3, 5, 2, 3)),  # rectangular kernel
 ])
 def test_same_conv2d_matches_lax_in_value_and_gradients(x_shape, k_shape):
     x = jax.random.normal(jax.random.key(0), x_shape)
@@ -35,25 +37,45 @@ def test_same_conv2d_matches_lax_in_value_and_gradients(x_shape, k_shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_kernel_gradient_with_several_row_blocks(monkeypatch):
-    monkeypatch.setattr(conv_module, "BLOCK_PIXELS", 16)  # forces 4 blocks of 2 rows
-    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
-    dy = jax.random.normal(jax.random.key(1), (1, 8, 8, 3))
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_kernel_gradient_split_into_several_gemms(monkeypatch, threads):
+    monkeypatch.setattr(conv_module, "_cpu_threads", lambda: threads)
+    monkeypatch.setattr(conv_module, "MIN_ROWS_PER_OUTPUT", 0)  # split even this small contraction
+    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 2))
+    dy = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+    rows = 3 * (8 + 2) * 8
+    assert conv_module._gemm_splits(rows, 9, threads) == threads
     expected = jax.vjp(lambda w: lax_conv(x, w), jnp.zeros((3, 3, 2, 3)))[1](dy)[0]
     np.testing.assert_allclose(kernel_gradient(x, dy, (3, 3, 2, 3)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_dispatch_uses_the_row_block_gradient_only_where_it_pays(monkeypatch):
+def test_gemm_splits_divide_the_rows_and_skip_short_contractions():
+    assert conv_module._gemm_splits(1_000, 96, 2) == 1  # shorter than 8 * 2 * 96
+    assert conv_module._gemm_splits(266_240, 96, 2) == 2
+    assert conv_module._gemm_splits(266_241, 96, 2) == 1  # odd: no even split
+    assert conv_module._gemm_splits(266_240, 96, 16) == 16
+    assert conv_module._gemm_splits(3 * 100_001, 96, 4) == 3  # largest divisor up to 4
+
+
+def test_kernel_gradient_in_bfloat16_accumulates_in_float32():
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 8)).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(1), (4, 16, 16, 8)).astype(jnp.bfloat16)
+    ours = kernel_gradient(x, dy, (3, 3, 8, 8))
+    assert ours.dtype == jnp.bfloat16
+    expected = jax.vjp(lambda w: lax_conv(x.astype(jnp.float32), w), jnp.zeros((3, 3, 8, 8)))[1](dy.astype(jnp.float32))[0]
+    # 1024 products per entry: only the final rounding to bfloat16 (relative 2^-8) remains
+    np.testing.assert_allclose(ours.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2 * float(jnp.abs(expected).max()))
+
+
+def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions():
     x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
-    # A fresh function per trace: traces are cached per function object.
-    call = lambda: lambda: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
     uses_custom = lambda fn: "custom_vjp" in str(jax.make_jaxpr(fn)())
-    assert not uses_custom(call())  # small: XLA's own gradient is faster
-    monkeypatch.setattr(conv_module, "MIN_GRADIENT_FLOPS", 0)
-    assert uses_custom(call())
+    assert uses_custom(lambda: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
     strided = lambda: conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC)
     assert not uses_custom(strided)
     np.testing.assert_allclose(strided(), jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC))
+    valid = lambda: conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
+    assert not uses_custom(valid)
 
 
 def test_max_pool_matches_reduce_window_and_splits_ties():
