@@ -7,11 +7,11 @@ convolution applied at every position, and score maps from the last two stages a
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.models.pooling import max_pool_2x2
+from jaxseg.models.resample import resize_bilinear
 from jaxseg.models.unet import apply_norm, conv, make_norm
 
 
@@ -60,5 +60,5 @@ class FCN(nnx.Module):
             last = self.dropout(last, deterministic=not train, rngs=key)
         previous = self.score_previous(features[-2])
         score = self.score_last(last)
-        score = jax.image.resize(score, score.shape[:1] + previous.shape[1:3] + score.shape[3:], "bilinear") + previous
-        return jax.image.resize(score, score.shape[:1] + size + score.shape[3:], "bilinear")
+        score = resize_bilinear(score, previous.shape[1:3]) + previous
+        return resize_bilinear(score, size)

@@ -8,6 +8,7 @@ from flax import nnx
 
 from jaxseg.models.conv import conv_general_dilated
 from jaxseg.models.pooling import max_pool_2x2
+from jaxseg.models.resample import resize_bilinear
 
 NORMS = ("batch", "group", "none")
 UPSAMPLING = ("bilinear", "transpose")
@@ -125,6 +126,6 @@ class UNet(nnx.Module):
             if self.upsampling == "transpose":
                 x = up(x)
             else:
-                x = up(jax.image.resize(x, x.shape[:1] + skip.shape[1:3] + x.shape[3:], "bilinear"))
+                x = up(resize_bilinear(x, skip.shape[1:3]))
             x = block(jnp.concatenate([x, skip], axis=-1), train=train, key=keys[i + 1])
         return self.head(x)
