@@ -1,10 +1,10 @@
 """2x2 max pooling with a backward pass that avoids XLA's select-and-scatter.
 
 `reduce_window` max differentiates into `select_and_scatter_add`, which XLA's CPU backend
-runs slowly (16x128x128x32: 121 ms forward + backward, against 47 ms here). The forward pass
-is a reshape and a max; the backward pass sends each window's gradient to the positions
-that hold the maximum, split evenly among ties (a valid subgradient; after a ReLU, tied
-zeros get no gradient either way).
+runs slowly (16x128x128x32: 121 ms forward + backward). Here the forward pass is a reshape
+and a max; the backward pass sends each window's gradient to the positions that hold the
+maximum, split evenly among ties (a valid subgradient; after a ReLU, tied zeros get no
+gradient either way), with elementwise steps only: 17 ms on that map.
 """
 
 from __future__ import annotations
@@ -31,11 +31,21 @@ def _max_pool_fwd(x):
     return pooled, (x, pooled)
 
 
+def _interleave(top_left, top_right, bottom_left, bottom_right):
+    """Four `[B, H/2, W/2, C]` maps -> the `[B, H, W, C]` map whose 2x2 windows they form."""
+    batch, half_height, half_width, channels = top_left.shape
+    top = jnp.stack([top_left, top_right], axis=3).reshape(batch, half_height, 2 * half_width, channels)
+    bottom = jnp.stack([bottom_left, bottom_right], axis=3).reshape(batch, half_height, 2 * half_width, channels)
+    return jnp.stack([top, bottom], axis=2).reshape(batch, 2 * half_height, 2 * half_width, channels)
+
+
 def _max_pool_bwd(residuals, grad):
     x, pooled = residuals
-    hits = (_windows(x) == pooled[:, :, None, :, None, :]).astype(grad.dtype)
-    share = grad / jnp.sum(hits, axis=(2, 4))
-    return ((hits * share[:, :, None, :, None, :]).reshape(x.shape),)
+    # The four window positions as strided slices: every step below is elementwise on the
+    # pooled grid and fuses (a sum over the window axes of a 6-D view ran 3x slower).
+    hits = [(x[:, i::2, j::2] == pooled).astype(grad.dtype) for i in (0, 1) for j in (0, 1)]
+    share = grad / (hits[0] + hits[1] + hits[2] + hits[3])
+    return (_interleave(*(hit * share for hit in hits)),)
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
