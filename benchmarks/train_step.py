@@ -10,6 +10,8 @@ PyTorch runs eager (NCHW), eager channels_last and torch.compile when installed.
 implementation runs its steps as one block (not interleaved: PyTorch's OpenMP threads keep
 spinning after a step and would slow whatever runs next); the table reports the median step
 time. Runs unchanged on a GPU host: when JAX runs on a GPU, PyTorch runs on CUDA too.
+Both sides share the process, so they share its malloc settings: the README's CPU figures
+come from runs with and without `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ def main(argv=None):
     rows = []
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
-          f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps")
+          f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3
@@ -172,7 +175,8 @@ def main(argv=None):
         print(f"{name:28s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['first_step_seconds']:13.1f} "
               f"{r['jaxseg_speedup']:15.2f}x")
     result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-              "backend": jax.default_backend(), "jax": jax.__version__}, "rows": rows}
+              "backend": jax.default_backend(), "jax": jax.__version__,
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -1,9 +1,9 @@
 """A drop-in `conv_general_dilated` for `nnx.Conv` with a faster kernel gradient on CPU.
 
 XLA's CPU backend computes the kernel gradient of a convolution as another convolution
-whose "kernel" is the whole output map, which ran at 25-50 GFLOP/s here, 2-4x slower than
-the forward pass (16x128x128, 32 -> 32 channels, 4.8 GFLOP: forward 50 ms, kernel gradient
-186 ms). For stride-1 "SAME" 2-D convolutions this module computes it as one GEMM instead:
+whose "kernel" is the whole output map, which ran at 12-31 GFLOP/s on the benchmark U-Net's
+layers here, up to 4x slower than the forward pass (16x128x128, 32 -> 32 channels,
+4.8 GFLOP: forward 50 ms, kernel gradient 186 ms). For stride-1 "SAME" 2-D convolutions this module computes it as one GEMM instead:
 
     dk[i, j] = sum over (n, y, x) of  x_pad[n, y + i, x + j] (x) dy[n, y, x]
 
@@ -15,7 +15,7 @@ costs `kh * kw` times the input), and are built by `lax.pad` + add, which XLA fu
 loop (a `concatenate` along channels ran 4-7x slower). The pixel axis is split into one GEMM
 per CPU thread, because XLA's CPU dot parallelises a long contraction with small outputs
 poorly. Measured: 3.4x faster than XLA's own on that layer, and faster or equal on every layer
-of the default U-Net down to the 1x1 head (`benchmarks/train_step.py`, README).
+of the U-Net of `benchmarks/train_step.py`, down to its 1x1 head (README, Train step).
 
 The forward pass and the input gradient stay XLA's own. Anything else falls back to
 `jax.lax.conv_general_dilated` unchanged, and so does every backend but the CPU (GPU and TPU
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-MIN_ROWS_PER_OUTPUT = 8  # split the pixel axis only when it is this many times longer than the GEMM's larger side
+MIN_ROWS_PER_OUTPUT = 8  # split the pixel axis only if every part stays this many times longer than the GEMM's larger side
 
 
 def _is_nhwc(dimension_numbers) -> bool:
