@@ -3,7 +3,8 @@
 XLA's CPU backend computes the kernel gradient of a convolution as another convolution
 whose "kernel" is the whole output map, which ran at 12-31 GFLOP/s on the benchmark U-Net's
 layers here, up to 4x slower than the forward pass (16x128x128, 32 -> 32 channels,
-4.8 GFLOP: forward 50 ms, kernel gradient 186 ms). For stride-1 "SAME" 2-D convolutions this module computes it as one GEMM instead:
+4.8 GFLOP: forward 50 ms, kernel gradient 186 ms). For stride-1 "SAME" 2-D convolutions
+this module computes it as one GEMM instead:
 
     dk[i, j] = sum over (n, y, x) of  x_pad[n, y + i, x + j] (x) dy[n, y, x]
 

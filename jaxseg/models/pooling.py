@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.resample import interleave
+
 
 def _windows(x):
     batch, height, width, channels = x.shape
@@ -31,21 +33,14 @@ def _max_pool_fwd(x):
     return pooled, (x, pooled)
 
 
-def _interleave(top_left, top_right, bottom_left, bottom_right):
-    """Four `[B, H/2, W/2, C]` maps -> the `[B, H, W, C]` map whose 2x2 windows they form."""
-    batch, half_height, half_width, channels = top_left.shape
-    top = jnp.stack([top_left, top_right], axis=3).reshape(batch, half_height, 2 * half_width, channels)
-    bottom = jnp.stack([bottom_left, bottom_right], axis=3).reshape(batch, half_height, 2 * half_width, channels)
-    return jnp.stack([top, bottom], axis=2).reshape(batch, 2 * half_height, 2 * half_width, channels)
-
-
 def _max_pool_bwd(residuals, grad):
     x, pooled = residuals
     # The four window positions as strided slices: every step below is elementwise on the
     # pooled grid and fuses (a sum over the window axes of a 6-D view ran 3x slower).
     hits = [(x[:, i::2, j::2] == pooled).astype(grad.dtype) for i in (0, 1) for j in (0, 1)]
     share = grad / (hits[0] + hits[1] + hits[2] + hits[3])
-    return (_interleave(*(hit * share for hit in hits)),)
+    top_left, top_right, bottom_left, bottom_right = (hit * share for hit in hits)
+    return (interleave(interleave(top_left, top_right, 2), interleave(bottom_left, bottom_right, 2), 1),)
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)

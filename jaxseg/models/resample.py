@@ -17,13 +17,19 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def interleave(even, odd, axis: int):
+    """Two maps of the same shape -> one twice as long along `axis`: `even` at positions
+    0, 2, 4, ..., `odd` at 1, 3, 5, ... (a stack and a reshape, which fuse)."""
+    size = even.shape[axis]
+    return jnp.stack([even, odd], axis=axis + 1).reshape(even.shape[:axis] + (2 * size,) + even.shape[axis + 1 :])
+
+
 def _double(x, axis: int):
     """Half-pixel bilinear 2x upsampling along one axis."""
     size = x.shape[axis]
     before = jnp.concatenate([lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, 0, size - 1, axis=axis)], axis)
     after = jnp.concatenate([lax.slice_in_dim(x, 1, size, axis=axis), lax.slice_in_dim(x, size - 1, size, axis=axis)], axis)
-    interleaved = jnp.stack([0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after], axis=axis + 1)
-    return interleaved.reshape(x.shape[:axis] + (2 * size,) + x.shape[axis + 1 :])
+    return interleave(0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after, axis)
 
 
 def resize_bilinear(x, size: tuple[int, int]):
