@@ -35,7 +35,7 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 MIN_ROWS_PER_OUTPUT = 8  # split the pixel axis only if every part stays this many times longer than the GEMM's larger side
 
 
-def _is_nhwc(dimension_numbers) -> bool:
+def is_nhwc(dimension_numbers) -> bool:
     if dimension_numbers is None:
         return False
     if isinstance(dimension_numbers, tuple) and all(isinstance(d, str) for d in dimension_numbers):
@@ -43,7 +43,7 @@ def _is_nhwc(dimension_numbers) -> bool:
     return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
-def _plain(values) -> bool:
+def all_ones(values) -> bool:
     return values is None or all(v == 1 for v in values)
 
 
@@ -127,8 +127,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`lax.conv_general_dilated`, routed to `same_conv2d` where it applies (pass it to
     `nnx.Conv(conv_general_dilated=...)`)."""
     fast = (
-        jax.default_backend() == "cpu" and lhs.ndim == 4 and _is_nhwc(dimension_numbers) and padding == "SAME" and _plain(window_strides)
-        and _plain(lhs_dilation) and _plain(rhs_dilation) and feature_group_count == 1 and precision is None
+        jax.default_backend() == "cpu" and lhs.ndim == 4 and is_nhwc(dimension_numbers) and padding == "SAME" and all_ones(window_strides)
+        and all_ones(lhs_dilation) and all_ones(rhs_dilation) and feature_group_count == 1 and precision is None
         and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None
         and lhs.dtype == rhs.dtype
     )

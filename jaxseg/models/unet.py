@@ -8,15 +8,17 @@ from flax import nnx
 
 from jaxseg.models.conv import conv_general_dilated
 from jaxseg.models.pooling import max_pool_2x2
-from jaxseg.models.resample import resize_bilinear
+from jaxseg.models.upsample_conv import upsample_conv_general_dilated
 
 NORMS = ("batch", "group", "none")
 UPSAMPLING = ("bilinear", "transpose")
 
 
-def conv(in_features, features, kernel_size, **options):
-    """`nnx.Conv` with the CPU-friendly kernel gradient of `jaxseg.models.conv`."""
-    return nnx.Conv(in_features, features, kernel_size, conv_general_dilated=conv_general_dilated, **options)
+def conv(in_features, features, kernel_size, *, upsample: bool = False, **options):
+    """`nnx.Conv` with the CPU-friendly kernel gradient of `jaxseg.models.conv`; with `upsample`,
+    it convolves the 2x bilinear upsampling of its input (`jaxseg.models.upsample_conv`)."""
+    function = upsample_conv_general_dilated if upsample else conv_general_dilated
+    return nnx.Conv(in_features, features, kernel_size, conv_general_dilated=function, **options)
 
 
 def make_norm(kind: str, features: int, *, groups: int, dtype, rngs: nnx.Rngs):
@@ -101,7 +103,7 @@ class UNet(nnx.Module):
             [
                 nnx.ConvTranspose(widths[i + 1], widths[i], (2, 2), strides=(2, 2), dtype=dtype, rngs=rngs)
                 if upsampling == "transpose"
-                else conv(widths[i + 1], widths[i], (3, 3), dtype=dtype, rngs=rngs)
+                else conv(widths[i + 1], widths[i], (3, 3), upsample=True, dtype=dtype, rngs=rngs)
                 for i in reversed(range(depth))
             ]
         )
@@ -122,10 +124,6 @@ class UNet(nnx.Module):
             x = max_pool_2x2(x)
         x = self.bottleneck(x, train=train, key=keys[0])
         for i, (up, block) in enumerate(zip(self.up, self.decoder)):
-            skip = skips[-1 - i]
-            if self.upsampling == "transpose":
-                x = up(x)
-            else:
-                x = up(resize_bilinear(x, skip.shape[1:3]))
-            x = block(jnp.concatenate([x, skip], axis=-1), train=train, key=keys[i + 1])
+            # Both kinds of `up` double H and W (bilinear: upsample, then a 3x3 convolution).
+            x = block(jnp.concatenate([up(x), skips[-1 - i]], axis=-1), train=train, key=keys[i + 1])
         return self.head(x)
