@@ -16,9 +16,9 @@ involved: they treat the low-resolution map as zero-padded, the upsampling clamp
 border, and the convolution zero-pads the upsampled map. So the outer two rows and columns of
 the output, which those differences touch, are computed directly from thin upsampled strips.
 
-Measured on the 2-core CPU (16 images, forward + backward): 128x128 output, 64 -> 32
-channels, 296 -> 229 ms; 64x64, 128 -> 64, 145 -> 121 ms; at 32x32 (256 -> 128) the frame
-is a quarter of the output and the direct path is faster (118 vs 157 ms), hence
+Measured on the 2-core CPU (16 images, forward + backward, output size given): 128x128,
+64 -> 32 channels, 287 -> 207 ms; 64x64, 128 -> 64, 153 -> 123 ms; at 32x32 (256 -> 128) the
+frame is a quarter of the output and the direct path is faster (127 vs 161 ms), hence
 `MIN_SIDE`. Other backends, kernels and shapes upsample and convolve as written.
 """
 
