@@ -29,17 +29,17 @@ def inputs(shape, cout, dtype=jnp.float32):
 @pytest.mark.parametrize("shape", [(2, 2, 2, 3), (2, 5, 3, 4), (1, 6, 9, 2), (1, 8, 8, 16)])
 def test_phase_form_matches_upsample_then_conv_in_value_and_gradients(shape):
     x, kernel = inputs(shape, 5)
-    np.testing.assert_allclose(upsample_conv(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(upsample_conv)(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
     weights = jax.random.normal(jax.random.key(2), (shape[0], 2 * shape[1], 2 * shape[2], 5))
-    ours = jax.grad(lambda x, k: jnp.sum(upsample_conv(x, k) * weights), (0, 1))(x, kernel)
-    theirs = jax.grad(lambda x, k: jnp.sum(reference(x, k) * weights), (0, 1))(x, kernel)
+    ours = jax.jit(jax.grad(lambda x, k: jnp.sum(upsample_conv(x, k) * weights), (0, 1)))(x, kernel)
+    theirs = jax.jit(jax.grad(lambda x, k: jnp.sum(reference(x, k) * weights), (0, 1)))(x, kernel)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_phase_form_in_bfloat16_stays_close_to_float32():
     x, kernel = inputs((1, 8, 6, 8), 4)
-    ours = upsample_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    ours = jax.jit(upsample_conv)(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     assert ours.dtype == jnp.bfloat16
     np.testing.assert_allclose(ours.astype(jnp.float32), reference(x, kernel), rtol=5e-2, atol=5e-2)
 
@@ -86,4 +86,4 @@ def test_matches_torch_interpolate_then_conv2d():
     tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
     upsampled = torch.nn.functional.interpolate(tx, scale_factor=2, mode="bilinear", align_corners=False)
     expected = torch.nn.functional.conv2d(upsampled, torch.from_numpy(np.array(kernel)).permute(3, 2, 0, 1), padding=1)
-    np.testing.assert_allclose(upsample_conv(x, kernel), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(upsample_conv)(x, kernel), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
