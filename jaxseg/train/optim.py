@@ -7,10 +7,13 @@ an array (`opt_state...hyperparams["learning_rate"]`), so it can be logged and v
 a loss term (`l1_penalty`), not a transformation, because it is part of the objective.
 
 `core` is Adam, SGD with momentum, or Muon (`optax.contrib.scale_by_muon` on the hidden weight
-matrices, Adam on the rest; see `muon_labels`).
+matrices, Adam on the rest; see `muon_labels`; fused gate and q/k/v matrices optionally block
+by block, see `FUSED_BLOCKS`).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -66,39 +69,93 @@ def muon_labels(params):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
+# Matrices that hold several linear maps side by side along their output axis: an LSTM's
+# four gates, attention's query/key/value. With `optim.muon_split_fused`, Muon
+# orthogonalises each block on its own, as if the maps were separate parameters.
+FUSED_BLOCKS = {"w_ih": 4, "w_hh": 4, "qkv": 3}
+
+
+def fused_blocks(path) -> int:
+    """How many side-by-side maps the leaf at `path` holds (1: an ordinary matrix)."""
+    names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+    return next((FUSED_BLOCKS[name] for name in names if name in FUSED_BLOCKS), 1)
+
+
+def _blocks_view(tree, split: bool):
+    """Fused `[..., in, k * out]` leaves as `[..., in, k, out]` (split) or back (not split)."""
+
+    def view(path, leaf):
+        blocks = fused_blocks(path)
+        if blocks == 1:
+            return leaf
+        if split:
+            return leaf.reshape(leaf.shape[:-1] + (blocks, leaf.shape[-1] // blocks))
+        return leaf.reshape(leaf.shape[:-2] + (-1,))
+
+    return jax.tree_util.tree_map_with_path(view, tree)
+
+
+def _in_blocks(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` applied to the fused matrices viewed as stacks of their blocks."""
+
+    def init_fn(params):
+        return inner.init(_blocks_view(params, True))
+
+    def update_fn(updates, state, params=None):
+        viewed = None if params is None else _blocks_view(params, True)
+        updates, state = inner.update(_blocks_view(updates, True), state, viewed)
+        return _blocks_view(updates, False), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _matrix_axes(path, leaf):
+    """(reduction axes, output axis) of Muon's matrix view of a leaf: the last axis is the
+    output (a dense `[in, out]` kernel, a convolution's `[..., in, out]` with its spatial and
+    input axes reduced); a fused leaf viewed as `[..., in, k, out]` keeps `k` as a batch axis."""
+    if fused_blocks(path) > 1 and leaf.ndim >= 3 and leaf.shape[-2] == fused_blocks(path):
+        return tuple(range(leaf.ndim - 2)), leaf.ndim - 1
+    return tuple(range(leaf.ndim - 1)), leaf.ndim - 1
+
+
 def _muon_dimensions(updates):
-    """Muon's matrix view of each leaf it sees: the last axis is the output (a dense `[in, out]`
-    kernel, a convolution's `[..., in, out]` with its spatial and input axes reduced)."""
-    return jax.tree.map(
-        lambda u: optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(range(u.ndim - 1)), output_axis=u.ndim - 1),
-        updates,
-    )
+    """Muon's `MuonDimensionNumbers` for each leaf (see `_matrix_axes`)."""
+
+    def dimensions(path, leaf):
+        reduction, output = _matrix_axes(path, leaf)
+        return optax.contrib.MuonDimensionNumbers(reduction_axis=reduction, output_axis=output)
+
+    return jax.tree_util.tree_map_with_path(dimensions, updates)
 
 
 def _scale_to_rms(rms: float) -> optax.GradientTransformation:
-    """Scale each orthogonalised `[..., in, out]` update by `rms * sqrt(max(fan_in, fan_out))`,
-    giving it the RMS `rms` of a typical Adam update (Liu et al. 2025, "Muon is scalable"), so
-    that one learning rate and weight decay serve the Muon and the Adam parameters."""
+    """Scale each orthogonalised matrix update by `rms * sqrt(max(fan_in, fan_out))`, giving
+    it the RMS `rms` of a typical Adam update (Liu et al. 2025, "Muon is scalable"), so that
+    one learning rate and weight decay serve the Muon and the Adam parameters."""
 
     def update_fn(updates, state, params=None):
         del params
 
-        def scale(u):
-            fan_in = u.size // u.shape[-1]
-            return u * (rms * max(fan_in, u.shape[-1]) ** 0.5)
+        def scale(path, u):
+            reduction, output = _matrix_axes(path, u)
+            fan_in = math.prod(u.shape[axis] for axis in reduction)
+            return u * (rms * max(fan_in, u.shape[output]) ** 0.5)
 
-        return jax.tree.map(scale, updates), state
+        return jax.tree_util.tree_map_with_path(scale, updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def _muon(optim):
     """Muon (Nesterov momentum orthogonalised by Newton-Schulz) on the hidden weight matrices,
-    Adam on the rest (see `muon_labels`)."""
+    Adam on the rest (see `muon_labels`); fused matrices block by block with
+    `optim.muon_split_fused`."""
     matrices = optax.chain(
         optax.contrib.scale_by_muon(beta=optim.momentum, weight_dimension_numbers=_muon_dimensions),
         _scale_to_rms(0.2),
     )
+    if optim.get("muon_split_fused", False):
+        matrices = _in_blocks(matrices)
     rest = optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
     return optax.partition({"muon": matrices, "adam": rest}, muon_labels)
 

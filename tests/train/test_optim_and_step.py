@@ -107,6 +107,37 @@ def test_muon_orthogonalises_matrix_updates_at_adam_rms_and_runs_adam_elsewhere(
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_muon_split_fused_orthogonalises_each_gate_or_projection_block(split):
+    """With `muon_split_fused`, each of the LSTM's 4 gate blocks and attention's 3 q/k/v blocks
+    moves along its own polar factor, at the Adam RMS of a `[in, out / k]` matrix; without it,
+    the fused matrix is one map."""
+    lr, hidden = 0.01, 5
+    rng = np.random.default_rng(1)
+    params = {"cell": {"w_hh": jnp.zeros((hidden, 4 * hidden))}, "attention": {"qkv": {"kernel": jnp.zeros((6, 3 * 4))}}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    tx = make_optimizer(optim_config(name="muon", schedule="constant", learning_rate=lr, weight_decay=0.0, clip_norm=0.0,
+                                     momentum=0.95, muon_split_fused=split), 10)
+    updates, state = tx.update(grads, tx.init(params), params)
+    assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+    for update, grad, blocks in ((updates["cell"]["w_hh"], grads["cell"]["w_hh"], 4),
+                                 (updates["attention"]["qkv"]["kernel"], grads["attention"]["qkv"]["kernel"], 3)):
+        fan_in, width = update.shape[0], update.shape[1] // blocks
+        for b in range(blocks):
+            block = -np.asarray(update[:, b * width:(b + 1) * width])
+            g = np.asarray(grad[:, b * width:(b + 1) * width])
+            u, _, vt = np.linalg.svd(g, full_matrices=False)
+            cosine = np.sum(block * (u @ vt)) / (np.linalg.norm(block) * np.linalg.norm(u @ vt))
+            if split:
+                singular = np.linalg.svd(block / (lr * 0.2 * max(fan_in, width) ** 0.5), compute_uv=False)
+                assert singular.min() > 0.6 and singular.max() < 1.3, singular
+                assert cosine > 0.97
+            else:
+                assert cosine < 0.97  # the block is a slice of the whole matrix's polar factor
+    # the second step runs on the blocked momentum
+    tx.update(grads, state, params)
+
+
 def test_l1_penalty_sums_kernels():
     assert float(l1_penalty({"kernel": -jnp.ones((2, 2)), "bias": jnp.ones(2)})) == 4.0
 
