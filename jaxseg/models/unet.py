@@ -92,7 +92,6 @@ class UNet(nnx.Module):
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {UPSAMPLING}; got {upsampling!r}")
         self.depth = depth
-        self.upsampling = upsampling
         widths = [base_width * 2**level for level in range(depth + 1)]
         block = dict(norm=norm, groups=groups, dtype=dtype, rngs=rngs)
         self.encoder = nnx.List(

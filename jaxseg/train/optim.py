@@ -51,6 +51,11 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _path_names(path) -> list[str]:
+    """The dict keys / attribute names along a pytree path."""
+    return [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+
+
 def muon_labels(params):
     """"muon" for the weight matrices inside the network, "adam" for the rest.
 
@@ -62,8 +67,7 @@ def muon_labels(params):
     """
 
     def label(path, leaf):
-        names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
-        excluded = any("embed" in name or name in ("output", "head") for name in names)
+        excluded = any("embed" in name or name in ("output", "head") for name in _path_names(path))
         return "muon" if leaf.ndim >= 2 and not excluded else "adam"
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -77,8 +81,7 @@ FUSED_BLOCKS = {"w_ih": 4, "w_hh": 4, "qkv": 3}
 
 def fused_blocks(path) -> int:
     """How many side-by-side maps the leaf at `path` holds (1: an ordinary matrix)."""
-    names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
-    return next((FUSED_BLOCKS[name] for name in names if name in FUSED_BLOCKS), 1)
+    return next((FUSED_BLOCKS[name] for name in _path_names(path) if name in FUSED_BLOCKS), 1)
 
 
 def _blocks_view(tree, split: bool):
@@ -109,26 +112,27 @@ def _in_blocks(inner: optax.GradientTransformation) -> optax.GradientTransformat
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _matrix_axes(path, leaf):
+def _matrix_axes(path, leaf, split: bool):
     """(reduction axes, output axis) of Muon's matrix view of a leaf: the last axis is the
     output (a dense `[in, out]` kernel, a convolution's `[..., in, out]` with its spatial and
-    input axes reduced); a fused leaf viewed as `[..., in, k, out]` keeps `k` as a batch axis."""
-    if fused_blocks(path) > 1 and leaf.ndim >= 3 and leaf.shape[-2] == fused_blocks(path):
+    input axes reduced); with `split`, a fused leaf is viewed as `[..., in, k, out]` and `k`
+    is a batch axis."""
+    if split and fused_blocks(path) > 1:
         return tuple(range(leaf.ndim - 2)), leaf.ndim - 1
     return tuple(range(leaf.ndim - 1)), leaf.ndim - 1
 
 
-def _muon_dimensions(updates):
-    """Muon's `MuonDimensionNumbers` for each leaf (see `_matrix_axes`)."""
+def _muon_dimensions(split: bool):
+    """Muon's `weight_dimension_numbers`: a `MuonDimensionNumbers` per leaf (see `_matrix_axes`)."""
 
     def dimensions(path, leaf):
-        reduction, output = _matrix_axes(path, leaf)
+        reduction, output = _matrix_axes(path, leaf, split)
         return optax.contrib.MuonDimensionNumbers(reduction_axis=reduction, output_axis=output)
 
-    return jax.tree_util.tree_map_with_path(dimensions, updates)
+    return lambda updates: jax.tree_util.tree_map_with_path(dimensions, updates)
 
 
-def _scale_to_rms(rms: float) -> optax.GradientTransformation:
+def _scale_to_rms(rms: float, split: bool) -> optax.GradientTransformation:
     """Scale each orthogonalised matrix update by `rms * sqrt(max(fan_in, fan_out))`, giving
     it the RMS `rms` of a typical Adam update (Liu et al. 2025, "Muon is scalable"), so that
     one learning rate and weight decay serve the Muon and the Adam parameters."""
@@ -137,7 +141,7 @@ def _scale_to_rms(rms: float) -> optax.GradientTransformation:
         del params
 
         def scale(path, u):
-            reduction, output = _matrix_axes(path, u)
+            reduction, output = _matrix_axes(path, u, split)
             fan_in = math.prod(u.shape[axis] for axis in reduction)
             return u * (rms * max(fan_in, u.shape[output]) ** 0.5)
 
@@ -150,11 +154,12 @@ def _muon(optim):
     """Muon (Nesterov momentum orthogonalised by Newton-Schulz) on the hidden weight matrices,
     Adam on the rest (see `muon_labels`); fused matrices block by block with
     `optim.muon_split_fused`."""
+    split = optim.get("muon_split_fused", False)
     matrices = optax.chain(
-        optax.contrib.scale_by_muon(beta=optim.momentum, weight_dimension_numbers=_muon_dimensions),
-        _scale_to_rms(0.2),
+        optax.contrib.scale_by_muon(beta=optim.momentum, weight_dimension_numbers=_muon_dimensions(split)),
+        _scale_to_rms(0.2, split),
     )
-    if optim.get("muon_split_fused", False):
+    if split:
         matrices = _in_blocks(matrices)
     rest = optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
     return optax.partition({"muon": matrices, "adam": rest}, muon_labels)
