@@ -30,6 +30,7 @@ def get_config():
         val_fraction=0.05,          # share of documents (chapters) held out
         split_seed=0,
         seq_len=128,                # tokens per training window
+        eval_seq_len=0,             # held-out windows; 0: seq_len (the RoPE model's trained context)
         num_threads=2,
     )
     config.model = dict(

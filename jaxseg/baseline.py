@@ -21,9 +21,11 @@ FLAGS = flags.FLAGS
 
 
 def scored_tokens(config, val_tokens):
-    """The validation tokens the LM predicts: windows of `seq_len` from the stream's start,
-    all tokens after the first up to the last whole window."""
-    seq_len = config.data.seq_len
+    """The validation tokens the LM predicts: windows of `eval_seq_len` from the stream's
+    start, all tokens after the first up to the last whole window."""
+    from jaxseg.tasks.language import eval_seq_len
+
+    seq_len = eval_seq_len(config.data)
     windows = (len(val_tokens) - 1) // seq_len
     return slice(1, windows * seq_len + 1)
 

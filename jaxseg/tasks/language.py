@@ -47,6 +47,16 @@ def token_streams(config, workdir, *, is_main: bool = True, barrier=None):
     return tokenizer, text.encode_documents(tokenizer, train_docs), text.encode_documents(tokenizer, val_docs)
 
 
+def eval_seq_len(data_config) -> int:
+    """Length of the held-out windows: `data.eval_seq_len`, or the training `seq_len` when 0
+    (or absent, as in configs saved before the key existed). A recurrent model carries its
+    state through any length, so it can be scored on longer contexts than it was trained on."""
+    length = data_config.get("eval_seq_len", 0) or data_config.seq_len
+    if length < 1:
+        raise ValueError(f"config.data.eval_seq_len must be >= 1 or 0 (the training seq_len); got {length}")
+    return length
+
+
 def make_data(config, workdir) -> Data:
     """Token streams and grain pipelines of fixed-length windows for this process."""
     from jax.experimental import multihost_utils
@@ -54,10 +64,12 @@ def make_data(config, workdir) -> Data:
     barrier = (lambda: multihost_utils.sync_global_devices("tokenizer")) if jax.process_count() > 1 else None
     tokenizer, train_tokens, val_tokens = token_streams(config, workdir, is_main=jax.process_index() == 0,
                                                         barrier=barrier)
-    shared = dict(seq_len=config.data.seq_len, process_index=jax.process_index(), process_count=jax.process_count())
-    train = iter(text.train_dataset(train_tokens, batch_size=process_share(config.train, "batch_size"),
+    shared = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train = iter(text.train_dataset(train_tokens, seq_len=config.data.seq_len,
+                                    batch_size=process_share(config.train, "batch_size"),
                                     seed=config.seed, num_threads=config.data.num_threads, **shared))
-    val = text.eval_batches(val_tokens, batch_size=process_share(config.train, "eval_batch_size"), **shared)
+    val = text.eval_batches(val_tokens, seq_len=eval_seq_len(config.data),
+                            batch_size=process_share(config.train, "eval_batch_size"), **shared)
     return Data(train, val, tokenizer, val_tokens)
 
 
@@ -70,7 +82,7 @@ def model_factory(config):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
     model, options = model_options(config.model, MODELS)
     if model is TransformerLanguageModel:
-        options.setdefault("max_len", config.data.seq_len)
+        options.setdefault("max_len", max(config.data.seq_len, eval_seq_len(config.data)))
     return functools.partial(model, vocab_size(config), **options)
 
 

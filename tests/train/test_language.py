@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import lm_lstm, lm_transformer
 from jaxseg.baseline import ngram_table
@@ -39,7 +40,8 @@ def tiny_lm_config(model: str, corpus: Path, compilation_cache: str = ""):
     config = (lm_lstm if model == "lstm" else lm_transformer).get_config()
     config.compilation_cache = compilation_cache
     config.tensorboard = False
-    config.data.update(corpus=str(corpus), vocab_size=300, seq_len=16, num_threads=1)
+    config.data.update(corpus=str(corpus), vocab_size=300, seq_len=16, num_threads=1,
+                       eval_seq_len=32 if model == "lstm" else 0)  # the LSTM is scored on longer windows
     if model == "lstm":
         config.model.update(embed_dim=32, hidden_dim=32, num_layers=1)
     else:
@@ -93,7 +95,8 @@ def test_ngram_baseline_scores_the_same_tokens(trained):
     config, workdir, metrics = trained["lstm"]
     rows = {(r["order"], r["smoothing"]): r for r in ngram_table(config, workdir, orders=(1, 3))}
     val_batches = language.make_data(config, workdir).val
-    scored = sum(int(b["valid"].sum()) for b in (val_batches[i] for i in range(len(val_batches)))) * config.data.seq_len
+    assert val_batches[0]["tokens"].shape[1] == language.eval_seq_len(config.data) + 1 == 33
+    scored = sum(int(b["valid"].sum()) for b in (val_batches[i] for i in range(len(val_batches)))) * 32
     assert all(r["tokens"] == scored for r in rows.values())
     assert rows[3, "kneser_ney"]["perplexity"] < rows[1, "kneser_ney"]["perplexity"]
     assert (workdir / "ngram.json").exists()
@@ -117,6 +120,19 @@ def test_streaming_and_materialised_heads_agree(tmp_path):
         np.testing.assert_allclose(streaming[key], materialised[key], rtol=2e-5, err_msg=key)
     for key, value in streamed_params.items():
         np.testing.assert_allclose(value, materialised_params[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_eval_seq_len_defaults_to_seq_len_and_sizes_the_transformer(tmp_path):
+    config = tiny_lm_config("transformer", tmp_path / "unused.txt")
+    assert language.eval_seq_len(config.data) == 16
+    del config.data["eval_seq_len"]  # configs saved before the key existed
+    assert language.eval_seq_len(config.data) == 16
+    config.data.eval_seq_len = 64  # RoPE positions beyond the training windows need a longer context
+    model = language.model_factory(config)(rngs=nnx.Rngs(0))
+    assert model.max_len == 64
+    config.data.eval_seq_len = -1
+    with pytest.raises(ValueError, match="config.data.eval_seq_len"):
+        language.eval_seq_len(config.data)
 
 
 @pytest.mark.slow
