@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 # glibc's malloc asks for transparent huge pages (glibc >= 2.35 on Linux; ignored elsewhere).
 # XLA's CPU runtime allocates each step's temporaries afresh (1.1 GB for the default U-Net
-# step); on 2 MiB pages that step ran 1.13x faster here (benchmarks/train_step.py, README).
+# step); on 2 MiB pages that step ran 1.13-1.2x faster here (benchmarks/train_step.py, README).
 # A value set by the caller wins.
 GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 export GLIBC_TUNABLES
