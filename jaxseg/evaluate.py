@@ -21,9 +21,9 @@ FLAGS = flags.FLAGS
 
 def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     from jaxseg import tasks
-    from jaxseg.train.inference import predict_fn, restore
+    from jaxseg.train.inference import restore
     from jaxseg.train.loop import evaluate
-    from jaxseg.train.step import eval_step
+    from jaxseg.train.step import eval_step, eval_step_with_predictions
 
     restored = restore(workdir, step)
     config = restored.config
@@ -32,9 +32,10 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     task_module = tasks.module(config)
     data = task_module.make_data(config, workdir)
     hp = task_module.hyperparameters(config, data)
-    compiled = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=restored.task))
-    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, compiled, task=restored.task,
-                                                 predict=predict_fn(restored))}
+    steps = [jax.jit(functools.partial(step, graphdef=restored.graphdef, task=restored.task))
+             for step in (eval_step, eval_step_with_predictions)]
+    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, steps[0], task=restored.task,
+                                                 with_predictions=steps[1])}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -92,25 +92,28 @@ def global_rows(tree):
 
 
 def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, figure=None, members=None,
-             predict=None):
+             with_predictions=None):
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
     losses and statistics, one division by the number of valid images (or tokens) at the
     end. `figure(host_batch, device_batch)` is called with the first batch. With `members=K`
     the metrics carry a member axis and a list of K summaries is returned.
 
-    Tasks whose metrics are not sums (`task.collects_predictions`, e.g. COCO mAP) also get
-    `predict(state, batch)`'s outputs of every batch, gathered from all processes, in their
-    `task.evaluator()`; its `result()` joins the summary."""
+    Tasks whose metrics are not sums (`task.collects_predictions`, e.g. COCO mAP) are
+    evaluated by `with_predictions(state, batch, hp)` -> (metrics, predictions) instead, one
+    forward pass per batch; the predictions, gathered from all processes, go to their
+    `task.evaluator()`, whose `result()` joins the summary."""
     collector = task.evaluator() if getattr(task, "collects_predictions", False) else None
-    if collector is not None and (predict is None or members is not None):
+    if collector is not None and (with_predictions is None or members is not None):
         raise ValueError(f"{type(task).__module__}: evaluation needs the predictions of a single model")
     total = None
     for index in range(len(batches)):
         host = batches[index]
         batch = place(host)
-        metrics = compiled_eval(state, batch, hp)
-        if collector is not None:
-            task.add_to(collector, global_rows(batch), global_rows(predict(state, batch)))
+        if collector is None:
+            metrics = compiled_eval(state, batch, hp)
+        else:
+            metrics, predictions = with_predictions(state, batch, hp)
+            task.add_to(collector, global_rows(batch), global_rows(predictions))
         total = metrics if total is None else _accumulate(total, metrics)
         if index % SYNC_EVERY == SYNC_EVERY - 1:
             jax.block_until_ready(total)
@@ -236,7 +239,7 @@ def train_and_evaluate(config, workdir) -> dict:
             evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
             if evaluate_now:
                 vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, figure=figure(step),
-                                members=program.members, predict=program.predict)
+                                members=program.members, with_predictions=program.eval_with_predictions)
                 vals = vals if members else [vals]
                 for name, val in zip(names, vals):
                     logger.write(step, "val", val, member=name)
@@ -261,7 +264,7 @@ def train_and_evaluate(config, workdir) -> dict:
     progress.close()
     if not vals:  # resumed at the last step: nothing trained, evaluate what is there
         vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, members=program.members,
-                        predict=program.predict)
+                        with_predictions=program.eval_with_predictions)
         vals = vals if members else [vals]
     checkpoints.wait()
     checkpoints.close()

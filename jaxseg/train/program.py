@@ -19,7 +19,7 @@ from jaxseg import tasks
 from jaxseg.train import parallel
 from jaxseg.train.optim import make_optimizer, set_hyperparameter
 from jaxseg.train.state import init_state, initial_state, model_graphdef
-from jaxseg.train.step import eval_outputs, eval_step, train_step
+from jaxseg.train.step import eval_outputs, eval_step, eval_step_with_predictions, train_step
 
 
 class Program(NamedTuple):
@@ -27,7 +27,8 @@ class Program(NamedTuple):
     dtypes and shardings (a restore target); `train(state, batch, hp)` -> (state, metrics),
     state donated; `eval(state, batch, hp)` -> summed metrics; `predict(state, batch, member)`
     -> the task's predictions (`task.predict`: class ids, or detections) split like the batch
-    (`member` is ignored without members);
+    (`member` is ignored without members); `eval_with_predictions(state, batch, hp)` ->
+    (metrics, predictions) from one forward pass (one model only, else None);
     `place_hp(hp)` puts host hyperparameters where the steps expect them. With `members=K`,
     state, hp and metrics carry a leading member axis."""
 
@@ -42,6 +43,7 @@ class Program(NamedTuple):
     train: Callable
     eval: Callable
     predict: Callable
+    eval_with_predictions: Callable | None
     place_hp: Callable
 
 
@@ -71,9 +73,13 @@ def compile_program(config, mesh) -> Program:
     compiled_predictions = jax.jit(predictions, in_shardings=(state_sharding, batch_sharding),
                                    out_shardings=batch_sharding)
     predict = lambda state, batch, member=None: compiled_predictions(state, batch)  # noqa: E731
+    eval_with_predictions = jax.jit(functools.partial(eval_step_with_predictions, graphdef=graphdef, task=task),
+                                    in_shardings=(state_sharding, batch_sharding, replicated),
+                                    out_shardings=(replicated, batch_sharding))
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
     return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
-                   init, train, evaluate, predict, functools.partial(parallel.replicate, mesh=mesh))
+                   init, train, evaluate, predict, eval_with_predictions,
+                   functools.partial(parallel.replicate, mesh=mesh))
 
 
 def _checked(step, task, *, in_shardings, out_shardings):
@@ -184,7 +190,7 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
             lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x), np.shape(x)), hp)
 
     return Program(count, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
-                   init, train, evaluate, predict, place_hp)
+                   init, train, evaluate, predict, None, place_hp)
 
 
 def _with_shardings(abstract, shardings):

@@ -79,7 +79,17 @@ def eval_step(state: TrainState, batch, hp, *, graphdef, task):
     Losses come as sums, weighted by the batch's `count` (valid images, or valid tokens), so
     batches of a split, and the shares of several processes, add up before one division.
     """
+    return _eval_metrics(eval_outputs(state, batch, graphdef=graphdef, task=task), batch, hp, task)
+
+
+def eval_step_with_predictions(state: TrainState, batch, hp, *, graphdef, task):
+    """`(eval_step's metrics, task.predict(outputs))` from one forward pass, for tasks whose
+    evaluation also needs the predictions (`task.collects_predictions`, e.g. COCO mAP)."""
     outputs = eval_outputs(state, batch, graphdef=graphdef, task=task)
+    return _eval_metrics(outputs, batch, hp, task), task.predict(outputs)
+
+
+def _eval_metrics(outputs, batch, hp, task):
     mask, count = task.eval_weights(batch)
     loss, terms = task.loss(outputs, batch, hp, mask=mask)
     loss_terms, statistics = split_terms(terms, task)

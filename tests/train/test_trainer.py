@@ -127,3 +127,46 @@ def test_an_unwritable_workdir_is_an_error_at_start(tiny_config, tmp_path):
     blocked.write_text("not a directory")
     with pytest.raises(OSError, match=f"workdir {blocked / 'run'} is not writable"):
         train_and_evaluate(tiny_config, blocked / "run")
+
+
+class _Sums(list):
+    def result(self):
+        return {"collected": sum(self)}
+
+
+class _CollectingTask:
+    """A task whose evaluation collects predictions (as COCO mAP does): the sum of predicted values."""
+
+    collects_predictions = True
+    statistics = ()
+
+    def evaluator(self):
+        return _Sums()
+
+    def add_to(self, collector, batch, predictions):
+        collector.append(float(np.sum(predictions)))
+
+    def scores(self, summary, statistics):
+        return {}
+
+
+def test_evaluation_that_collects_predictions_runs_one_pass_per_batch():
+    from jaxseg.train.loop import evaluate
+
+    passes = []
+
+    def with_predictions(state, batch, hp):
+        passes.append(batch["x"])
+        return {"loss": batch["x"].sum(), "count": jax.numpy.float32(batch["x"].shape[0])}, batch["x"] * 2
+
+    def metrics_only(state, batch, hp):
+        raise AssertionError("a second forward pass for the metrics")
+
+    batches = [{"x": np.full((2,), i, np.float32)} for i in range(3)]
+    task = _CollectingTask()
+    summary = evaluate(None, {}, batches, metrics_only, task=task, with_predictions=with_predictions)
+    assert len(passes) == 3
+    assert summary["collected"] == 0.0 + 4.0 + 8.0  # every batch's predictions, once
+    assert summary["loss"] == pytest.approx((0 + 2 + 4) / 6)
+    with pytest.raises(ValueError, match="predictions of a single model"):
+        evaluate(None, {}, batches, metrics_only, task=task)
