@@ -37,6 +37,44 @@ def test_same_conv2d_matches_lax_in_value_and_gradients(x_shape, k_shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("cin, kernel", [(3, (3, 3)), (4, (3, 3)), (1, (5, 5)), (2, (2, 2))])
+def test_narrow_inputs_run_on_patches_with_the_same_numbers(cin, kernel):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, cin))
+    w = jax.random.normal(jax.random.key(1), (*kernel, cin, 5))
+    assert conv_module._narrow(w.shape)
+    forward = str(jax.make_jaxpr(lambda x, w: same_conv2d(x, w))(x, w))
+    assert "dot_general" in forward and "conv_general_dilated" not in forward
+    np.testing.assert_allclose(same_conv2d(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(same_conv2d(x, w))), (0, 1))(x, w)
+    theirs = jax.grad(lambda x, w: jnp.sum(jnp.sin(lax_conv(x, w))), (0, 1))(x, w)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_patches_are_the_kernel_windows_and_wide_inputs_keep_xla_convolutions():
+    x = jnp.arange(2 * 4 * 5 * 3, dtype=jnp.float32).reshape(2, 4, 5, 3)
+    p = conv_module.patches(x, 3, 3)
+    x_pad = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    np.testing.assert_array_equal(p[1, 2, 3], x_pad[1, 2:5, 3:6].reshape(-1))  # window rows, then columns, then channels
+    assert not conv_module._narrow((3, 3, 5, 8)) and not conv_module._narrow((5, 5, 2, 8))
+    wide = str(jax.make_jaxpr(same_conv2d)(jnp.ones((1, 8, 8, 8)), jnp.ones((3, 3, 8, 4))))
+    assert "conv_general_dilated" in wide
+
+
+def test_narrow_input_in_bfloat16_accumulates_in_float32():
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4)).astype(jnp.bfloat16)
+    dy = jax.random.normal(jax.random.key(2), (8, 16, 16, 4)).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(same_conv2d, x, w)
+    assert y.dtype == jnp.bfloat16
+    dk = vjp(dy)[1]
+    assert dk.dtype == jnp.bfloat16
+    f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    expected = jax.vjp(lambda w: lax_conv(f32(x), w), f32(w))[1](f32(dy))[0]
+    # 2048 products per entry: only the final rounding to bfloat16 (relative 2^-8) remains
+    np.testing.assert_allclose(f32(dk), expected, rtol=1e-2, atol=1e-2 * float(jnp.abs(expected).max()))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_kernel_gradient_split_into_several_gemms(monkeypatch, threads):
     monkeypatch.setattr(conv_module, "_cpu_threads", lambda: threads)
