@@ -19,15 +19,16 @@ poorly. Measured: 3.4x faster than XLA's own on that layer, and faster or equal 
 of the U-Net of `benchmarks/train_step.py`, down to its 1x1 head (README, Train step).
 
 Inputs with few channels (`C_in <= MAX_PATCH_CHANNELS` and `kh * kw * C_in <= MAX_PATCH_DEPTH`,
-e.g. an RGB image under a 3x3 kernel: 27) take another route: their patches `[N, H, W, kh * kw * C_in]` cost little memory,
-so the forward pass is one GEMM of the patches with the kernel, and the kernel gradient one
-GEMM of the patches with the output gradient (16x128x128, 3 -> 32 channels: forward 25.6 ->
-12.4 ms, kernel gradient 27.5 -> 11.1 ms; XLA's convolution handles 3 input channels poorly,
-and from 8 input channels on the patches cost more than they save).
+e.g. an RGB image under a 3x3 kernel: 27) take another route: their patches
+`[N, H, W, kh * kw * C_in]` cost little memory, so the forward pass is one GEMM of the patches
+with the kernel, and the kernel gradient one GEMM of the patches with the output gradient
+(16x128x128, 3 -> 32 channels: forward 25.6 -> 12.4 ms, kernel gradient 27.5 -> 11.1 ms; XLA's
+convolution handles 3 input channels poorly, and from 8 input channels on the patches cost
+more than they save).
 
 The input gradient stays XLA's own, and so does the forward pass of wider inputs. Anything
-else falls back to `jax.lax.conv_general_dilated` unchanged, and so does every backend but the CPU (GPU and TPU
-convolution libraries have their own kernel-gradient algorithms).
+else falls back to `jax.lax.conv_general_dilated` unchanged, and so does every backend but the
+CPU (GPU and TPU convolution libraries have their own kernel-gradient algorithms).
 """
 
 from __future__ import annotations
