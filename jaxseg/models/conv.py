@@ -33,6 +33,7 @@ CPU (GPU and TPU convolution libraries have their own kernel-gradient algorithms
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -83,6 +84,7 @@ def patches(x, kh: int, kw: int):
     return total
 
 
+@jax.jit  # one dispatch instead of kh * kw pads when called eagerly; inlined under an outer jit
 def _patch_conv(x, kernel):
     kh, kw, _, cout = kernel.shape
     y = lax.dot_general(patches(x, kh, kw), kernel.reshape(-1, cout), (((3,), (0,)), ((), ())),
@@ -90,6 +92,7 @@ def _patch_conv(x, kernel):
     return y.astype(jnp.result_type(x, kernel))
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _patch_kernel_gradient(x, dy, kernel_shape):
     kh, kw, _, cout = kernel_shape
     p = patches(x, kh, kw)
