@@ -32,10 +32,11 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     task_module = tasks.module(config)
     data = task_module.make_data(config, workdir)
     hp = task_module.hyperparameters(config, data)
-    steps = [jax.jit(functools.partial(step, graphdef=restored.graphdef, task=restored.task))
-             for step in (eval_step, eval_step_with_predictions)]
-    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, steps[0], task=restored.task,
-                                                 with_predictions=steps[1])}
+    bound = dict(graphdef=restored.graphdef, task=restored.task)
+    metrics_only = jax.jit(functools.partial(eval_step, **bound))
+    with_predictions = jax.jit(functools.partial(eval_step_with_predictions, **bound))
+    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, metrics_only, task=restored.task,
+                                                 with_predictions=with_predictions)}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
