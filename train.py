@@ -12,6 +12,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxseg.xla_cpu import prefer_eigen_convolutions
+
+prefer_eigen_convolutions()  # before any JAX computation (see jaxseg/xla_cpu.py)
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")

@@ -11,7 +11,9 @@ implementation runs its steps as one block (not interleaved: PyTorch's OpenMP th
 spinning after a step and would slow whatever runs next); the table reports the median step
 time. Runs unchanged on a GPU host: when JAX runs on a GPU, PyTorch runs on CUDA too.
 Both sides share the process, so they share its malloc settings: the README's CPU figures
-come from runs with and without `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (recorded in the JSON).
+come from runs with the Makefile's `GLIBC_TUNABLES` and with glibc's defaults (recorded in the
+JSON, with `XLA_FLAGS`). jaxseg's convolutions run on XLA's Eigen convolutions, as in train.py
+(`jaxseg/xla_cpu.py`); an `XLA_FLAGS` that sets the YNNPACK fusion flag wins.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from jaxseg.xla_cpu import prefer_eigen_convolutions  # noqa: E402
 
 
 def jax_step(args, images, labels):
@@ -150,6 +154,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     args = parser.parse_args(argv)
+    prefer_eigen_convolutions()  # what train.py does; before JAX's backend starts
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.size, args.size, 3)).astype(np.uint8)
@@ -165,7 +170,7 @@ def main(argv=None):
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
           f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3
@@ -176,7 +181,8 @@ def main(argv=None):
               f"{r['jaxseg_speedup']:15.2f}x")
     result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
               "backend": jax.default_backend(), "jax": jax.__version__,
-              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}, "rows": rows}
+              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "xla_flags": os.environ.get("XLA_FLAGS", "")},
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

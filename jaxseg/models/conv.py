@@ -29,6 +29,12 @@ more than they save).
 The input gradient stays XLA's own, and so does the forward pass of wider inputs. Anything
 else falls back to `jax.lax.conv_general_dilated` unchanged, and so does every backend but the
 CPU (GPU and TPU convolution libraries have their own kernel-gradient algorithms).
+
+All of the above is measured against YNNPACK, which runs this jaxlib's CPU convolutions by
+default. When `XLA_FLAGS` sends them to XLA's Eigen convolutions instead (as jaxseg's entry
+points do, `jaxseg.xla_cpu`), XLA's own kernel gradients were as fast or faster on every layer
+of the benchmark U-Net (e.g. 32x32, 128 -> 128: 34.0 ms as one GEMM, 23.4 ms as XLA's; 3 -> 32
+on patches 17.9 ms, XLA's 16.8 ms), so every convolution then stays `lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import os
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxseg.xla_cpu import eigen_convolutions
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 MIN_ROWS_PER_OUTPUT = 8  # split the pixel axis only if every part stays this many times longer than the GEMM's larger side
@@ -186,7 +194,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         jax.default_backend() == "cpu" and lhs.ndim == 4 and is_nhwc(dimension_numbers) and padding == "SAME" and all_ones(window_strides)
         and all_ones(lhs_dilation) and all_ones(rhs_dilation) and feature_group_count == 1 and precision is None
         and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None
-        and lhs.dtype == rhs.dtype
+        and lhs.dtype == rhs.dtype and not eigen_convolutions()
     )
     if fast:
         return same_conv2d(lhs, rhs)

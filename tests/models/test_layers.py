@@ -11,6 +11,7 @@ from flax import nnx
 from jaxseg.models import conv as conv_module
 from jaxseg.models.conv import conv_general_dilated, kernel_gradient, same_conv2d
 from jaxseg.models.pooling import max_pool_2x2
+from jaxseg.xla_cpu import EIGEN_CONVOLUTIONS
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -105,7 +106,8 @@ def test_kernel_gradient_in_bfloat16_accumulates_in_float32():
     np.testing.assert_allclose(ours.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2 * float(jnp.abs(expected).max()))
 
 
-def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions():
+def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")  # YNNPACK convolutions, this jaxlib's default
     x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
     uses_custom = lambda fn: "custom_vjp" in str(jax.make_jaxpr(fn)())
     assert uses_custom(lambda: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
@@ -114,6 +116,20 @@ def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions():
     np.testing.assert_allclose(strided(), jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC))
     valid = lambda: conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=NHWC)
     assert not uses_custom(valid)
+
+
+@pytest.mark.parametrize("cin", [2, 8])
+def test_dispatch_keeps_xla_convolutions_when_they_run_on_eigen(monkeypatch, cin):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 " + EIGEN_CONVOLUTIONS)
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, cin))
+    w = jax.random.normal(jax.random.key(1), (3, 3, cin, 4))
+    loss = lambda x, w: jnp.sum(jnp.sin(conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w))
+    assert "custom_vjp" not in jaxpr and "dot_general" not in jaxpr
+    ours = jax.grad(loss, (0, 1))(x, w)
+    theirs = jax.grad(lambda x, w: jnp.sum(jnp.sin(lax_conv(x, w))), (0, 1))(x, w)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_matches_reduce_window_and_splits_ties():
