@@ -9,8 +9,10 @@ WORKDIR ?= runs/seg_shapes_unet
 PYTEST_ARGS ?=
 
 # glibc's malloc settings (glibc >= 2.35 on Linux; ignored elsewhere). XLA's CPU runtime
-# allocates each step's temporaries as one block (1.5 GB for the default U-Net step):
-# - hugetlb=1: on transparent huge pages (2 MiB) that step ran 1.13-1.2x faster here;
+# allocates each step's temporaries as one block (1.5 GB for the U-Net step of
+# benchmarks/train_step.py):
+# - hugetlb=1: on transparent huge pages (2 MiB) that step ran 1.13-1.2x faster here (measured
+#   with YNNPACK convolutions, before jaxseg/xla_cpu.py);
 # - mmap_max=0, trim_threshold, arena_max=1: the block comes from the main heap and stays there
 #   when freed, so the next step reuses it instead of the kernel unmapping, zeroing and faulting
 #   it in again (and this VM reporting it back to its host); one arena, or worker threads would

@@ -14,7 +14,9 @@ from ml_collections import config_flags
 
 from jaxseg.xla_cpu import prefer_eigen_convolutions
 
-prefer_eigen_convolutions()  # before any JAX computation (see jaxseg/xla_cpu.py)
+# At import, before absl parses the flags and loads the config file: nothing may start a JAX
+# backend first (jaxseg/xla_cpu.py). evaluate and predict, importable modules, do it in main().
+prefer_eigen_convolutions()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)

@@ -168,9 +168,12 @@ def main(argv=None):
 
     rows = []
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
+               "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+               "xla_flags": os.environ.get("XLA_FLAGS", "")}
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
           f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}")
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3
@@ -179,10 +182,7 @@ def main(argv=None):
         r = rows[-1]
         print(f"{name:28s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['first_step_seconds']:13.1f} "
               f"{r['jaxseg_speedup']:15.2f}x")
-    result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-              "backend": jax.default_backend(), "jax": jax.__version__,
-              "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "xla_flags": os.environ.get("XLA_FLAGS", "")},
-              "rows": rows}
+    result = {"args": vars(args), "machine": machine, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
+from PIL import Image
 
 from jaxseg.xla_cpu import prefer_eigen_convolutions
-from PIL import Image
 
 FLAGS = flags.FLAGS
 

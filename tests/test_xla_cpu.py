@@ -9,21 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from jaxseg.xla_cpu import EIGEN_CONVOLUTIONS, eigen_convolutions, prefer_eigen_convolutions
+from jaxseg.xla_cpu import EIGEN_CONVOLUTIONS, YNN_FUSION_FLAG, eigen_convolutions, prefer_eigen_convolutions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+# As XLA reads them (checked against XLA's own reading below): every occurrence in order, +/- modify the
+# set, a plain list replaces it, names in any case, with or without the enum prefix.
 @pytest.mark.parametrize("flags, eigen", [
     ("", False),
     ("--xla_force_host_platform_device_count=8", False),
     (EIGEN_CONVOLUTIONS, True),
-    ("--xla_cpu_experimental_ynn_fusion_type=", True),  # every YNNPACK fusion off
-    ("--xla_cpu_experimental_ynn_fusion_type=individual_convolution,reduce", False),
-    ("--xla_cpu_experimental_ynn_fusion_type=reduce", True),
-    ("--xla_cpu_experimental_ynn_fusion_type=+individual_reduce", False),
-    (f"{EIGEN_CONVOLUTIONS} --xla_cpu_experimental_ynn_fusion_type=+individual_reduce", False),  # XLA keeps the last
-    (f"--xla_cpu_experimental_ynn_fusion_type=+individual_reduce {EIGEN_CONVOLUTIONS}", True),
+    (FLAG, True),  # every YNNPACK fusion off
+    (FLAG + "individual_convolution,reduce", False),
+    (FLAG + "reduce", True),
+    (FLAG + "+individual_dot", False),
+    (FLAG + "-INDIVIDUAL_CONVOLUTION", True),
+    (FLAG + "-library_fusion_type_individual_convolution", True),
+    (FLAG + "-individual_convolution,+individual_convolution", False),
+    (f"{EIGEN_CONVOLUTIONS} {FLAG}+individual_dot", True),  # the second occurrence adds to the first
+    (f"{EIGEN_CONVOLUTIONS} {FLAG}reduce,individual_convolution", False),
 ])
 def test_eigen_convolutions_reads_the_ynn_fusion_flag(flags, eigen):
     assert eigen_convolutions(flags) is eigen
@@ -44,21 +52,44 @@ def test_prefer_eigen_convolutions_appends_the_flag_and_keeps_the_users(monkeypa
     assert os.environ["XLA_FLAGS"] == EIGEN_CONVOLUTIONS
 
 
-def test_xla_accepts_the_flag_and_train_py_sets_it():
-    """A JAX process started with the flag computes a convolution (XLA rejects unknown values
-    at start-up), and train.py puts the flag in place on import."""
+def xla_ynn_fusion_types(flags: str, tmp_path) -> set[str]:
+    """The YNNPACK fusion types XLA ends up with for `flags`, from its dump of the debug options
+    it compiled a convolution with (the compiled HLO looks the same either way)."""
     script = (
-        "import os, runpy, sys; sys.argv = ['train.py', '--help']\n"
         "import jax, jax.numpy as jnp\n"
-        "try:\n    runpy.run_path('train.py', run_name='not_main')\nexcept SystemExit:\n    pass\n"
-        "print(os.environ['XLA_FLAGS'])\n"
-        "x = jnp.ones((1, 6, 6, 2)); w = jnp.ones((3, 3, 2, 3))\n"
-        "y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-        "print(float(y[0, 2, 2, 0]))\n"
+        "def conv(x, w): return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "print(float(jax.jit(conv)(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 3)))[0, 2, 2, 0]))\n"
     )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_dump_to={tmp_path}")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["18.0"]
+    (options,) = tmp_path.glob("*jit_conv.debug_options")
+    return {line.split(":")[1].strip() for line in options.read_text().splitlines() if line.startswith(YNN_FUSION_FLAG)}
+
+
+# (Without the flag the dump lists no fusion types: it holds only options set away from their
+# defaults, and YNNPACK's default set includes single convolutions.)
+@pytest.mark.parametrize("flags", [EIGEN_CONVOLUTIONS, FLAG + "-INDIVIDUAL_CONVOLUTION",
+                                   f"{EIGEN_CONVOLUTIONS} {FLAG}+individual_dot", FLAG + "reduce,individual_convolution"])
+def test_eigen_convolutions_agrees_with_xla(flags, tmp_path):
+    on_ynn = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION" in xla_ynn_fusion_types(flags, tmp_path)
+    assert eigen_convolutions(flags) is not on_ynn
+
+
+def test_train_py_sets_the_flag_on_import():
+    script = "import os, runpy; runpy.run_path('train.py', run_name='not_main'); print(os.environ['XLA_FLAGS'])"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(env, JAX_PLATFORMS="cpu"),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.split()
-    assert EIGEN_CONVOLUTIONS in lines and lines[-1] == "18.0"
+    assert result.stdout.strip() == EIGEN_CONVOLUTIONS
+
+
+def test_prefer_eigen_convolutions_warns_once_a_backend_runs(monkeypatch):
+    import jax
+
+    jax.devices()  # this test process's backend has started
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    with pytest.warns(UserWarning, match="after a JAX backend started"):
+        prefer_eigen_convolutions()

@@ -16,6 +16,13 @@ from jaxseg.xla_cpu import EIGEN_CONVOLUTIONS
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+@pytest.fixture(autouse=True)
+def ynnpack_convolutions(monkeypatch):
+    """The routes under test are chosen from XLA_FLAGS at trace time: a developer's own flags must
+    not change which one runs (a test that wants Eigen convolutions sets them itself)."""
+    monkeypatch.setenv("XLA_FLAGS", "")
+
+
 def lax_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
 
@@ -107,7 +114,6 @@ def test_kernel_gradient_in_bfloat16_accumulates_in_float32():
 
 
 def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "")  # YNNPACK convolutions, this jaxlib's default
     x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
     uses_custom = lambda fn: "custom_vjp" in str(jax.make_jaxpr(fn)())
     assert uses_custom(lambda: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
@@ -120,7 +126,7 @@ def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions(monkey
 
 @pytest.mark.parametrize("cin", [2, 8])
 def test_dispatch_keeps_xla_convolutions_when_they_run_on_eigen(monkeypatch, cin):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 " + EIGEN_CONVOLUTIONS)
+    monkeypatch.setenv("XLA_FLAGS", EIGEN_CONVOLUTIONS)
     x = jax.random.normal(jax.random.key(0), (1, 8, 8, cin))
     w = jax.random.normal(jax.random.key(1), (3, 3, cin, 4))
     loss = lambda x, w: jnp.sum(jnp.sin(conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)))
