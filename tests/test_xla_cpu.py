@@ -37,6 +37,7 @@ def test_eigen_convolutions_reads_the_ynn_fusion_flag(flags, eigen):
     assert eigen_convolutions(flags) is eigen
 
 
+@pytest.mark.filterwarnings("ignore:prefer_eigen_convolutions.. ran after a JAX backend started")  # earlier tests started one
 def test_prefer_eigen_convolutions_appends_the_flag_and_keeps_the_users(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     prefer_eigen_convolutions()
