@@ -10,8 +10,8 @@ kernel gradients 849 ms; README, Train step). YNNPACK keeps every other fusion i
 
 XLA reads `XLA_FLAGS` once, when the first backend starts, so `prefer_eigen_convolutions` must
 run before any JAX computation; `train.py`, `jaxseg.evaluate`, `jaxseg.predict`,
-`benchmarks/train_step.py` and `benchmarks/ablation.py` call it first thing. A user's own `xla_cpu_experimental_ynn_fusion_type` in
-`XLA_FLAGS` wins. `jaxseg.models.conv` asks `eigen_convolutions` which kernel-gradient route
+`benchmarks/train_step.py` and `benchmarks/ablation.py` call it first thing. A user's own
+`xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins. `jaxseg.models.conv` asks `eigen_convolutions` which kernel-gradient route
 fits the library in use.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 
 YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
@@ -68,8 +69,6 @@ def prefer_eigen_convolutions() -> None:
 
 
 def _backends_started() -> bool:
-    import sys
-
     if "jax" not in sys.modules:
         return False
     from jax._src import xla_bridge  # no public equivalent

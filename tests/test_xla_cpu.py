@@ -14,7 +14,7 @@ from jaxseg.xla_cpu import EIGEN_CONVOLUTIONS, YNN_FUSION_FLAG, eigen_convolutio
 ROOT = Path(__file__).resolve().parents[1]
 
 
-FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+FLAG = f"--{YNN_FUSION_FLAG}="
 
 
 # As XLA reads them (checked against XLA's own reading below): every occurrence in order, +/- modify the
@@ -44,7 +44,7 @@ def test_prefer_eigen_convolutions_appends_the_flag_and_keeps_the_users(monkeypa
     assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {EIGEN_CONVOLUTIONS}"
     prefer_eigen_convolutions()  # idempotent
     assert os.environ["XLA_FLAGS"].count("ynn_fusion_type") == 1 and eigen_convolutions()
-    mine = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
+    mine = FLAG + "individual_convolution"
     monkeypatch.setenv("XLA_FLAGS", mine)
     prefer_eigen_convolutions()
     assert os.environ["XLA_FLAGS"] == mine and not eigen_convolutions()

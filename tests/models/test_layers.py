@@ -113,7 +113,7 @@ def test_kernel_gradient_in_bfloat16_accumulates_in_float32():
     np.testing.assert_allclose(ours.astype(jnp.float32), expected, rtol=1e-2, atol=1e-2 * float(jnp.abs(expected).max()))
 
 
-def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions(monkeypatch):
+def test_dispatch_uses_the_gemm_gradient_for_stride_one_same_convolutions():
     x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
     uses_custom = lambda fn: "custom_vjp" in str(jax.make_jaxpr(fn)())
     assert uses_custom(lambda: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC))
