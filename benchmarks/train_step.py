@@ -12,8 +12,10 @@ spinning after a step and would slow whatever runs next); the table reports the 
 time. Runs unchanged on a GPU host: when JAX runs on a GPU, PyTorch runs on CUDA too.
 Both sides share the process, so they share its malloc settings: the README's CPU figures
 come from runs with the Makefile's `GLIBC_TUNABLES` and with glibc's defaults (recorded in the
-JSON, with `XLA_FLAGS`). jaxseg's convolutions run on XLA's Eigen convolutions, as in train.py
-(`jaxseg/xla_cpu.py`); an `XLA_FLAGS` that sets the YNNPACK fusion flag wins.
+JSON, with `XLA_FLAGS`). jaxseg's convolutions run on oneDNN where it is installed
+(`jaxseg/models/onednn.py`; `JAXSEG_ONEDNN=0` turns it off), else on XLA's Eigen convolutions,
+as in train.py (`jaxseg/xla_cpu.py`); an `XLA_FLAGS` that sets the YNNPACK fusion flag wins.
+The JSON records which.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jaxseg.models import onednn  # noqa: E402
 from jaxseg.xla_cpu import prefer_eigen_convolutions  # noqa: E402
 
 
@@ -170,10 +173,11 @@ def main(argv=None):
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
                "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-               "xla_flags": os.environ.get("XLA_FLAGS", "")}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "onednn_convolutions": onednn.available()}
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
           f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
-          f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}")
+          f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}, "
+          f"oneDNN convolutions: {machine['onednn_convolutions']}")
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3

@@ -100,7 +100,7 @@ def get_config():
         same_init=True,             # False: member i initialises (and drops out) with seed + i
     )
     config.train = dict(
-        steps=3500,
+        steps=4000,
         batch_size=8,
         eval_batch_size=32,
         log_every=50,

@@ -18,9 +18,11 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 @pytest.fixture(autouse=True)
 def ynnpack_convolutions(monkeypatch):
-    """The routes under test are chosen from XLA_FLAGS at trace time: a developer's own flags must
-    not change which one runs (a test that wants Eigen convolutions sets them itself)."""
+    """The XLA routes under test are chosen from XLA_FLAGS at trace time: a developer's own flags
+    must not change which one runs (a test that wants Eigen convolutions sets them itself), and
+    oneDNN, which takes precedence where installed, is off (tests/models/test_onednn.py)."""
     monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAXSEG_ONEDNN", "0")
 
 
 def lax_conv(x, w):

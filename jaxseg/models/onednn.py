@@ -1,0 +1,159 @@
+"""oneDNN convolutions for XLA's CPU backend, called through XLA's FFI.
+
+XLA's own CPU convolutions (Eigen or YNNPACK) ran the benchmark U-Net's layers slower than
+oneDNN, which PyTorch uses on the CPU; most of all the kernel gradients. Per layer, batch 16,
+the 13 layer shapes of `benchmarks/train_step.py`'s U-Net, forward / input gradient / kernel
+gradient in total (`benchmarks/conv_layers.py`): XLA (Eigen) 394 / 392 / 546 ms, oneDNN
+through this module 313 / 331 / 341 ms, PyTorch 342 / 419 / 407 ms (128x128, 64 -> 32
+channels: XLA 55 / 48 / 115 ms, oneDNN 43 / 34 / 43 ms).
+
+`onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
+float32 NHWC/HWIO 2-D convolutions with stride 1 and "SAME" padding. It is compiled on first
+use with the system's C++ compiler (`CXX`, default `c++`) against the FFI headers that ship
+with jaxlib and the system's oneDNN (`libdnnl-dev` on Debian and Ubuntu), into
+`$JAXSEG_CACHE_DIR` (default `~/.cache/jaxseg`), named by a hash of the source and the jaxlib
+version. Without a compiler or oneDNN, `available()` is False (with one warning saying why) and
+`jaxseg.models.conv` keeps XLA's convolutions. `JAXSEG_ONEDNN=0` turns the route off.
+
+oneDNN runs its own OpenMP threads beside XLA's; the route is taken on single-device CPU
+programs only (`jaxseg.models.conv`), since XLA cannot partition an FFI call across devices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+HANDLERS = {
+    "forward": "JaxsegOneDnnConvForward",
+    "backward_data": "JaxsegOneDnnConvBackwardData",
+    "backward_weights": "JaxsegOneDnnConvBackwardWeights",
+}
+
+
+class OneDnnUnavailable(RuntimeError):
+    """The oneDNN convolutions could not be built or loaded (the message says why)."""
+
+
+def enabled() -> bool:
+    """False when `JAXSEG_ONEDNN=0` turns the route off."""
+    return os.environ.get("JAXSEG_ONEDNN", "1") != "0"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("JAXSEG_CACHE_DIR", Path.home() / ".cache" / "jaxseg"))
+
+
+def library_path(directory: Path | None = None) -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode()).hexdigest()[:16]
+    return (directory or cache_dir()) / f"onednn_conv-{digest}.so"
+
+
+def build(target: Path) -> Path:
+    """Compile `onednn_conv.cc` into `target` (written under a temporary name, then renamed,
+    so concurrent builds never load a half-written library)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OneDnnUnavailable(f"cannot create {target.parent} (set JAXSEG_CACHE_DIR): {error}") from error
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    command = [os.environ.get("CXX", "c++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+               f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial), "-ldnnl"]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError as error:
+        raise OneDnnUnavailable(f"no C++ compiler {command[0]!r} (set CXX)") from error
+    except subprocess.CalledProcessError as error:
+        partial.unlink(missing_ok=True)
+        lines = error.stderr.strip().splitlines()
+        reason = [line for line in lines if "error" in line][:2] or lines[-3:]
+        raise OneDnnUnavailable(f"building {SOURCE.name} failed (is oneDNN installed, e.g. libdnnl-dev?): "
+                                + " | ".join(reason)) from error
+    os.replace(partial, target)
+    return target
+
+
+def load(directory: Path | None = None) -> ctypes.CDLL:
+    """The compiled handlers, built first if the cache lacks them; raises `OneDnnUnavailable`."""
+    path = library_path(directory)
+    if not path.exists():
+        build(path)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as error:
+        raise OneDnnUnavailable(f"loading {path} failed: {error}") from error
+
+
+@functools.cache
+def _registration_error() -> str | None:
+    """Build, load and register the handlers once per process: None, or why that failed."""
+    try:
+        library = load()
+    except OneDnnUnavailable as error:
+        return str(error)
+    for name, symbol in HANDLERS.items():
+        jax.ffi.register_ffi_target(f"jaxseg_onednn_conv_{name}", jax.ffi.pycapsule(getattr(library, symbol)),
+                                    platform="cpu")
+    return None
+
+
+@functools.cache
+def _warn_unavailable(error: str) -> None:
+    warnings.warn(f"oneDNN convolutions unavailable, using XLA's: {error}", stacklevel=4)
+
+
+def available() -> bool:
+    """Whether the oneDNN convolutions can run here and are not turned off (warns once if they cannot)."""
+    if not enabled():
+        return False
+    error = _registration_error()
+    if error is not None:
+        _warn_unavailable(error)
+    return error is None
+
+
+def _call(name: str, shape, *operands):
+    error = _registration_error()
+    if error is not None:
+        raise OneDnnUnavailable(error)
+    # Under vmap (an ablation's member axis) the call runs once per member.
+    result = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.ffi.ffi_call(f"jaxseg_onednn_conv_{name}", result, vmap_method="sequential")(*operands)
+
+
+def _check(x, kernel):
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
+        raise ValueError(f"conv2d needs x [N, H, W, C] and kernel [KH, KW, C, O]; got {x.shape} and {kernel.shape}")
+    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        raise ValueError(f"conv2d runs in float32; got {x.dtype} and {kernel.dtype}")
+
+
+@jax.custom_vjp
+def conv2d(x, kernel):
+    """Stride-1, "SAME", ungrouped float32 NHWC/HWIO 2-D convolution on oneDNN
+    (`lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))`)."""
+    _check(x, kernel)
+    return _call("forward", x.shape[:3] + kernel.shape[3:], x, kernel)
+
+
+def _conv2d_fwd(x, kernel):
+    return conv2d(x, kernel), (x, kernel)
+
+
+def _conv2d_bwd(residuals, dy):
+    x, kernel = residuals
+    dy = dy.astype(jnp.float32)
+    return _call("backward_data", x.shape, dy, kernel), _call("backward_weights", kernel.shape, x, dy)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

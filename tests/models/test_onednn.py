@@ -1,0 +1,141 @@
+"""oneDNN convolutions through XLA's FFI: values and gradients against XLA's, the routing in
+`jaxseg.models.conv`, and build errors that say what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxseg.models import conv as conv_module
+from jaxseg.models import onednn
+from jaxseg.models.unet import UNet
+
+ROOT = Path(__file__).resolve().parents[2]
+NHWC = ("NHWC", "HWIO", "NHWC")
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN (e.g. libdnnl-dev) or a C++ compiler is missing")
+
+
+def lax_conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
+
+
+def value_and_grads(conv, x, kernel, weights):
+    return jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(conv(x, k) * weights), argnums=(0, 1)))(x, kernel)
+
+
+def uses_ffi(fn, *args) -> bool:
+    # A fresh function each time: traces are cached per function, and the route is chosen when tracing.
+    return "ffi_call" in str(jax.make_jaxpr(lambda *a: fn(*a))(*args))
+
+
+@needs_onednn
+@pytest.mark.parametrize("x_shape, k_shape", [
+    ((2, 9, 7, 5), (3, 3, 5, 6)),
+    ((1, 8, 8, 3), (1, 1, 3, 4)),
+    ((2, 6, 10, 4), (5, 5, 4, 3)),
+    ((2, 8, 8, 4), (2, 2, 4, 3)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
+    ((3, 16, 16, 32), (3, 3, 32, 16)),
+])
+def test_values_and_gradients_match_xla(x_shape, k_shape):
+    kx, kk, kw = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, x_shape)
+    kernel = jax.random.normal(kk, k_shape)
+    weights = jax.random.normal(kw, x_shape[:3] + k_shape[3:])
+    (value, (dx, dk)) = value_and_grads(onednn.conv2d, x, kernel, weights)
+    (ref_value, (ref_dx, ref_dk)) = value_and_grads(lax_conv, x, kernel, weights)
+    for ours, ref in [(value, ref_value), (dx, ref_dx), (dk, ref_dk)]:
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
+
+
+@needs_onednn
+def test_vmap_over_a_member_axis_matches_each_member():
+    kx, kk = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (3, 2, 8, 8, 4))
+    kernels = jax.random.normal(kk, (3, 3, 3, 4, 5))
+    loss = lambda x, k: jnp.sum(jnp.sin(onednn.conv2d(x, k)))
+    grads = jax.jit(jax.vmap(jax.grad(loss, argnums=1)))(x, kernels)
+    for member in range(3):
+        ref = jax.grad(lambda k: jnp.sum(jnp.sin(lax_conv(x[member], k))))(kernels[member])
+        np.testing.assert_allclose(grads[member], ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
+
+
+@needs_onednn
+def test_conv_general_dilated_routes_float32_same_convolutions_to_onednn(monkeypatch):
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
+    route = lambda x, k, strides=(1, 1), padding="SAME": conv_module.conv_general_dilated(
+        x, k, strides, padding, dimension_numbers=NHWC)
+    assert uses_ffi(route, x, k)
+    assert not uses_ffi(route, x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))  # float32 only
+    assert not uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
+    assert not uses_ffi(lambda x, k: route(x, k, padding="VALID"), x, k)
+    monkeypatch.setenv("JAXSEG_ONEDNN", "0")
+    assert not uses_ffi(route, x, k)
+
+
+@needs_onednn
+def test_a_unet_trains_the_same_on_onednn_and_on_xla(monkeypatch):
+    model = UNet(3, depth=2, base_width=8, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params, rest, copy=True)(images, train=True)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    # A fresh jit per setting: the route is chosen when the function is traced.
+    on_onednn = jax.jit(jax.value_and_grad(loss))
+    assert uses_ffi(loss, params)
+    value, grads = on_onednn(params)
+    monkeypatch.setenv("JAXSEG_ONEDNN", "0")
+    assert not uses_ffi(loss, params)
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss))(params)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4 * float(jnp.abs(ref).max()))
+
+
+def test_bad_operands_are_an_error():
+    with pytest.raises(ValueError, match="float32"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
+    with pytest.raises(ValueError, match=r"kernel \[KH, KW, C, O\]"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 5, 2)))
+
+
+def test_a_missing_compiler_or_a_failed_build_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(onednn.OneDnnUnavailable, match="no C\\+\\+ compiler"):
+        onednn.build(tmp_path / "conv.so")
+    monkeypatch.setenv("CXX", "false")  # runs, fails
+    with pytest.raises(onednn.OneDnnUnavailable, match="building onednn_conv.cc failed"):
+        onednn.build(tmp_path / "conv.so")
+    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+    (tmp_path / "file").write_text("")
+    with pytest.raises(onednn.OneDnnUnavailable, match="JAXSEG_CACHE_DIR"):
+        onednn.build(tmp_path / "file" / "conv.so")  # a cache directory that cannot exist
+
+
+def test_the_library_name_follows_the_source_and_jaxlib(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXSEG_CACHE_DIR", str(tmp_path))
+    path = onednn.library_path()
+    assert path.parent == tmp_path and path.name.startswith("onednn_conv-") and path.suffix == ".so"
+    monkeypatch.setattr(onednn.jaxlib, "__version__", "0.0.0")
+    assert onednn.library_path() != path
+
+
+@needs_onednn
+def test_conv2d_works_in_a_fresh_process_without_asking_available_first():
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from jaxseg.models import onednn\n"
+        "y = jax.jit(onednn.conv2d)(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)))\n"
+        "print(float(y[0, 1, 1, 0]), float(y[0, 0, 0, 0]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["18.0", "8.0"]  # 9 taps x 2 channels inside, 4 x 2 at a corner
