@@ -2,8 +2,8 @@
 
 On a single-device CPU program, float32 stride-1 "SAME" 2-D convolutions run on oneDNN
 through XLA's FFI when it is available (`jaxseg.models.onednn`: built on first use against
-the system's oneDNN; 26% less time than XLA's over the benchmark U-Net's layers, 38% less
-on kernel gradients, `benchmarks/conv_layers.py`). The rest of this docstring is the route without it.
+the system's oneDNN; per-layer figures in the README, Train step, from
+`benchmarks/conv_layers.py`). The rest of this docstring is the route without it.
 
 XLA's CPU backend computes the kernel gradient of a convolution as another convolution
 whose "kernel" is the whole output map, which ran at 12-31 GFLOP/s on the benchmark U-Net's
@@ -204,7 +204,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         and lhs.dtype == rhs.dtype
     )
     # oneDNN on single-device programs (XLA cannot partition an FFI call across devices).
-    if same and lhs.dtype == jnp.float32 and jax.device_count() == 1 and onednn.available():
+    if same and lhs.dtype == jnp.float32 and lhs.size > 0 and jax.device_count() == 1 and onednn.available():
         return onednn.conv2d(lhs, rhs)
     if same and not eigen_convolutions():
         return same_conv2d(lhs, rhs)

@@ -10,10 +10,12 @@ channels: XLA 55 / 48 / 115 ms, oneDNN 43 / 34 / 43 ms).
 `onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
 float32 NHWC/HWIO 2-D convolutions with stride 1 and "SAME" padding. It is compiled on first
 use with the system's C++ compiler (`CXX`, default `c++`) against the FFI headers that ship
-with jaxlib and the system's oneDNN (`libdnnl-dev` on Debian and Ubuntu), into
-`$JAXSEG_CACHE_DIR` (default `~/.cache/jaxseg`), named by a hash of the source and the jaxlib
-version. Without a compiler or oneDNN, `available()` is False (with one warning saying why) and
-`jaxseg.models.conv` keeps XLA's convolutions. `JAXSEG_ONEDNN=0` turns the route off.
+with jaxlib and the system's oneDNN 2.x (`libdnnl-dev` on Debian 12), into `$JAXSEG_CACHE_DIR`
+(default `~/.cache/jaxseg`), named by a hash of the source, the jaxlib version and the
+compiler; a cached library that no longer loads (say, after a oneDNN upgrade) is rebuilt once.
+Without a compiler or oneDNN, `available()` is False (with one warning saying why) and
+`jaxseg.models.conv` keeps XLA's convolutions. `JAXSEG_ONEDNN=0` turns that route off;
+`conv2d` called directly runs on oneDNN regardless (or raises `OneDnnUnavailable`).
 
 oneDNN runs its own OpenMP threads beside XLA's; the route is taken on single-device CPU
 programs only (`jaxseg.models.conv`), since XLA cannot partition an FFI call across devices.
@@ -26,6 +28,8 @@ import functools
 import hashlib
 import os
 import subprocess
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -50,53 +54,76 @@ def enabled() -> bool:
     return os.environ.get("JAXSEG_ONEDNN", "1") != "0"
 
 
+def compiler() -> str:
+    """The C++ compiler that builds the handlers: `$CXX`, default `c++`."""
+    return os.environ.get("CXX", "c++")
+
+
 def cache_dir() -> Path:
+    """Where compiled libraries are kept: `$JAXSEG_CACHE_DIR`, default `~/.cache/jaxseg`."""
     return Path(os.environ.get("JAXSEG_CACHE_DIR", Path.home() / ".cache" / "jaxseg"))
 
 
 def library_path(directory: Path | None = None) -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode()).hexdigest()[:16]
-    return (directory or cache_dir()) / f"onednn_conv-{digest}.so"
+    """The compiled library's path, named by a hash of the source, jaxlib's version and the compiler."""
+    key = SOURCE.read_bytes() + jaxlib.__version__.encode() + compiler().encode()
+    return (directory or cache_dir()) / f"onednn_conv-{hashlib.sha256(key).hexdigest()[:16]}.so"
 
 
 def build(target: Path) -> Path:
-    """Compile `onednn_conv.cc` into `target` (written under a temporary name, then renamed,
-    so concurrent builds never load a half-written library)."""
+    """Compile `onednn_conv.cc` into `target` (written under a unique temporary name, then
+    renamed, so concurrent builds never load a half-written library)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(suffix=".tmp", prefix=target.name, dir=target.parent)
+        os.close(descriptor)
     except OSError as error:
-        raise OneDnnUnavailable(f"cannot create {target.parent} (set JAXSEG_CACHE_DIR): {error}") from error
-    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    command = [os.environ.get("CXX", "c++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+        raise OneDnnUnavailable(f"cannot write to {target.parent} (set JAXSEG_CACHE_DIR): {error}") from error
+    partial = Path(name)
+    command = [compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
                f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial), "-ldnnl"]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
-    except FileNotFoundError as error:
-        raise OneDnnUnavailable(f"no C++ compiler {command[0]!r} (set CXX)") from error
+        os.replace(partial, target)
     except subprocess.CalledProcessError as error:
-        partial.unlink(missing_ok=True)
         lines = error.stderr.strip().splitlines()
-        reason = [line for line in lines if "error" in line][:2] or lines[-3:]
-        raise OneDnnUnavailable(f"building {SOURCE.name} failed (is oneDNN installed, e.g. libdnnl-dev?): "
+        reason = [line for line in lines if "error" in line][:2] or lines[-3:] or [f"exit status {error.returncode}"]
+        raise OneDnnUnavailable(f"building {SOURCE.name} failed (is oneDNN 2.x installed, e.g. libdnnl-dev?): "
                                 + " | ".join(reason)) from error
-    os.replace(partial, target)
+    except OSError as error:  # no such compiler, not executable, rename failed
+        raise OneDnnUnavailable(f"running the C++ compiler {command[0]!r} failed (set CXX): {error}") from error
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
 def load(directory: Path | None = None) -> ctypes.CDLL:
-    """The compiled handlers, built first if the cache lacks them; raises `OneDnnUnavailable`."""
+    """The compiled handlers, built first if the cache lacks them (or holds a library that no
+    longer loads); raises `OneDnnUnavailable`."""
     path = library_path(directory)
-    if not path.exists():
-        build(path)
+    if path.exists():
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError:
+            pass  # e.g. built against a oneDNN that has since been upgraded: build again
+    build(path)
     try:
         return ctypes.CDLL(str(path))
     except OSError as error:
         raise OneDnnUnavailable(f"loading {path} failed: {error}") from error
 
 
-@functools.cache
+_REGISTRATION_LOCK = threading.Lock()
+
+
 def _registration_error() -> str | None:
     """Build, load and register the handlers once per process: None, or why that failed."""
+    with _REGISTRATION_LOCK:  # two threads tracing at once must not both build
+        return _register_once()
+
+
+@functools.cache
+def _register_once() -> str | None:
     try:
         library = load()
     except OneDnnUnavailable as error:
@@ -109,7 +136,7 @@ def _registration_error() -> str | None:
 
 @functools.cache
 def _warn_unavailable(error: str) -> None:
-    warnings.warn(f"oneDNN convolutions unavailable, using XLA's: {error}", stacklevel=4)
+    warnings.warn(f"oneDNN convolutions unavailable, using XLA's: {error}", stacklevel=3)
 
 
 def available() -> bool:

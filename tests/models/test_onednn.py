@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def uses_ffi(fn, *args) -> bool:
     ((1, 8, 8, 3), (1, 1, 3, 4)),
     ((2, 6, 10, 4), (5, 5, 4, 3)),
     ((2, 8, 8, 4), (2, 2, 4, 3)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
+    ((2, 7, 9, 3), (1, 3, 3, 4)),  # non-square kernels: rows and columns padded differently
+    ((1, 6, 5, 2), (3, 2, 2, 3)),
+    ((1, 3, 4, 2), (5, 5, 2, 2)),  # a kernel larger than the image
     ((3, 16, 16, 32), (3, 3, 32, 16)),
 ])
 def test_values_and_gradients_match_xla(x_shape, k_shape):
@@ -80,7 +84,7 @@ def test_conv_general_dilated_routes_float32_same_convolutions_to_onednn(monkeyp
 
 
 @needs_onednn
-def test_a_unet_trains_the_same_on_onednn_and_on_xla(monkeypatch):
+def test_a_unet_gives_the_same_loss_and_gradients_on_onednn_and_on_xla(monkeypatch):
     model = UNet(3, depth=2, base_width=8, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
@@ -110,12 +114,17 @@ def test_bad_operands_are_an_error():
 
 def test_a_missing_compiler_or_a_failed_build_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(onednn.OneDnnUnavailable, match="no C\\+\\+ compiler"):
+    with pytest.raises(onednn.OneDnnUnavailable, match="running the C\\+\\+ compiler .* failed"):
         onednn.build(tmp_path / "conv.so")
-    monkeypatch.setenv("CXX", "false")  # runs, fails
-    with pytest.raises(onednn.OneDnnUnavailable, match="building onednn_conv.cc failed"):
-        onednn.build(tmp_path / "conv.so")
-    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+    # A compiler that writes part of its output, then fails with a message.
+    failing = tmp_path / "failing-c++"
+    failing.write_text('#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done; echo partial > "$2"\n'
+                       'echo "conv.cc:1: error: no oneapi/dnnl/dnnl.hpp" >&2; exit 1\n')
+    failing.chmod(0o755)
+    monkeypatch.setenv("CXX", str(failing))
+    with pytest.raises(onednn.OneDnnUnavailable, match="building onednn_conv.cc failed .*no oneapi/dnnl/dnnl.hpp"):
+        onednn.build(tmp_path / "cache" / "conv.so")
+    assert list((tmp_path / "cache").iterdir()) == []  # no partial library left behind
     (tmp_path / "file").write_text("")
     with pytest.raises(onednn.OneDnnUnavailable, match="JAXSEG_CACHE_DIR"):
         onednn.build(tmp_path / "file" / "conv.so")  # a cache directory that cannot exist
@@ -127,6 +136,23 @@ def test_the_library_name_follows_the_source_and_jaxlib(monkeypatch, tmp_path):
     assert path.parent == tmp_path and path.name.startswith("onednn_conv-") and path.suffix == ".so"
     monkeypatch.setattr(onednn.jaxlib, "__version__", "0.0.0")
     assert onednn.library_path() != path
+    other_jaxlib = onednn.library_path()
+    monkeypatch.setenv("CXX", "clang++")
+    assert onednn.library_path() not in (path, other_jaxlib)
+
+
+@needs_onednn
+def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
+    onednn.library_path(tmp_path).write_text("not a shared library")
+    library = onednn.load(tmp_path)
+    assert hasattr(library, "JaxsegOneDnnConvForward")
+
+
+@needs_onednn
+def test_the_handlers_check_shapes():
+    x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+    with pytest.raises(Exception, match=r"shapes do not fit: x \[1, 4, 4, 2\], kernel \[3, 3, 2, 3\], output \[1, 4, 4, 5\]"):
+        jax.block_until_ready(onednn._call("forward", (1, 4, 4, 5), x, kernel))
 
 
 @needs_onednn
@@ -139,3 +165,17 @@ def test_conv2d_works_in_a_fresh_process_without_asking_available_first():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["18.0", "8.0"]  # 9 taps x 2 channels inside, 4 x 2 at a corner
+
+
+@needs_onednn
+def test_multi_device_programs_keep_xla_convolutions():
+    # XLA cannot partition an FFI call across devices: with 2 CPU devices the route stays XLA's.
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from jaxseg.models import conv\n"
+        "f = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "print(jax.device_count(), 'ffi_call' in str(jax.make_jaxpr(f)(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 2)))))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.split() == ["2", "False"]
