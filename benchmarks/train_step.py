@@ -171,11 +171,9 @@ def main(argv=None):
 
     rows = []
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
-    # The condition under which jaxseg.models.conv sent the step's convolutions to oneDNN.
-    onednn_route = jax.default_backend() == "cpu" and jax.device_count() == 1 and onednn.available()
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
                "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "onednn_convolutions": onednn_route}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "onednn_convolutions": onednn.routes_here()}
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
           f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
           f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}, "

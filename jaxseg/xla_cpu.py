@@ -11,8 +11,8 @@ kernel gradients 849 ms; README, Train step). YNNPACK keeps every other fusion i
 XLA reads `XLA_FLAGS` once, when the first backend starts, so `prefer_eigen_convolutions` must
 run before any JAX computation; `train.py`, `jaxseg.evaluate`, `jaxseg.predict`,
 `benchmarks/train_step.py` and `benchmarks/ablation.py` call it first thing. A user's own
-`xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins. `jaxseg.models.conv` asks `eigen_convolutions` which kernel-gradient route
-fits the library in use.
+`xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins. `jaxseg.models.conv` asks
+`eigen_convolutions` which kernel-gradient route fits the library in use.
 """
 
 from __future__ import annotations

@@ -203,8 +203,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         and kwargs.get("preferred_element_type") is None and kwargs.get("out_sharding") is None
         and lhs.dtype == rhs.dtype
     )
-    # oneDNN on single-device programs (XLA cannot partition an FFI call across devices).
-    if same and lhs.dtype == jnp.float32 and lhs.size > 0 and jax.device_count() == 1 and onednn.available():
+    if same and lhs.dtype == jnp.float32 and lhs.size > 0 and onednn.routes_here():
         return onednn.conv2d(lhs, rhs)
     if same and not eigen_convolutions():
         return same_conv2d(lhs, rhs)

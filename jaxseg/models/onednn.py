@@ -1,11 +1,8 @@
 """oneDNN convolutions for XLA's CPU backend, called through XLA's FFI.
 
 XLA's own CPU convolutions (Eigen or YNNPACK) ran the benchmark U-Net's layers slower than
-oneDNN, which PyTorch uses on the CPU; most of all the kernel gradients. Per layer, batch 16,
-the 13 layer shapes of `benchmarks/train_step.py`'s U-Net, forward / input gradient / kernel
-gradient in total (`benchmarks/conv_layers.py`): XLA (Eigen) 394 / 392 / 546 ms, oneDNN
-through this module 313 / 331 / 341 ms, PyTorch 342 / 419 / 407 ms (128x128, 64 -> 32
-channels: XLA 55 / 48 / 115 ms, oneDNN 43 / 34 / 43 ms).
+oneDNN, which PyTorch uses on the CPU; most of all the kernel gradients (per-layer figures:
+`benchmarks/conv_layers.py`, README, Train step).
 
 `onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
 float32 NHWC/HWIO 2-D convolutions with stride 1 and "SAME" padding. It is compiled on first
@@ -149,6 +146,12 @@ def available() -> bool:
     return error is None
 
 
+def routes_here() -> bool:
+    """Whether `jaxseg.models.conv` sends convolutions to oneDNN in this process: available, on
+    the CPU backend, with one device (XLA cannot partition an FFI call across devices)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
+
+
 def _call(name: str, shape, *operands):
     error = _registration_error()
     if error is not None:
@@ -179,7 +182,6 @@ def _conv2d_fwd(x, kernel):
 
 def _conv2d_bwd(residuals, dy):
     x, kernel = residuals
-    dy = dy.astype(jnp.float32)
     return _call("backward_data", x.shape, dy, kernel), _call("backward_weights", kernel.shape, x, dy)
 
 

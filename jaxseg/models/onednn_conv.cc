@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <exception>
 #include <string>
-#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
