@@ -8,19 +8,6 @@ CONFIG ?= configs/seg_shapes_unet.py
 WORKDIR ?= runs/seg_shapes_unet
 PYTEST_ARGS ?=
 
-# glibc's malloc settings (glibc >= 2.35 on Linux; ignored elsewhere). XLA's CPU runtime
-# allocates each step's temporaries as one block (1.5 GB for the U-Net step of
-# benchmarks/train_step.py):
-# - hugetlb=1: on transparent huge pages (2 MiB) that step ran 1.13-1.2x faster here (measured
-#   with YNNPACK convolutions, before jaxseg/xla_cpu.py);
-# - mmap_max=0, trim_threshold, arena_max=1: the block comes from the main heap and stays there
-#   when freed, so the next step reuses it instead of the kernel unmapping, zeroing and faulting
-#   it in again (and this VM reporting it back to its host); one arena, or worker threads would
-#   fall back to mmap. Resident memory then stays flat from step to step (README, Train step).
-# A value set by the caller wins.
-GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296:glibc.malloc.arena_max=1
-export GLIBC_TUNABLES
-
 .PHONY: train test test-slow conformance bench clean
 
 $(BIN)/python:

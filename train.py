@@ -12,12 +12,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxseg.xla_cpu import prefer_eigen_convolutions
-
-# At import, before absl parses the flags and loads the config file: nothing may start a JAX
-# backend first (jaxseg/xla_cpu.py). evaluate and predict, importable modules, do it in main().
-prefer_eigen_convolutions()
-
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")

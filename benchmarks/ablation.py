@@ -36,7 +36,6 @@ from jaxseg.ablation import strategies, variants  # noqa: E402
 from jaxseg.tasks import segmentation  # noqa: E402
 from jaxseg.train import parallel  # noqa: E402
 from jaxseg.train.program import compile_member_program, compile_program  # noqa: E402
-from jaxseg.xla_cpu import prefer_eigen_convolutions  # noqa: E402
 
 EXTRA = {"ce,smoothed": {"loss": {"weights": {"ce": 1.0}, "label_smoothing": 0.1}}}
 
@@ -155,8 +154,6 @@ def main(argv=None):
     parser.add_argument("--end-to-end-steps", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
     args = parser.parse_args(argv)
-    prefer_eigen_convolutions()  # as train.py, which runs the K separate trainings
-
     print(f"member step of the default U-Net (batch 8, 64x64), {jax.default_backend()}, median of {args.steps} steps")
     print(f"{'K':>3s} {'strategy':>10s} {'ms/step':>9s} {'K sequential ms':>16s} {'vs sequential':>14s} "
           f"{'compile s':>10s} {'sequential compile s':>21s}")

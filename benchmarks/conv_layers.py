@@ -7,7 +7,7 @@ upsampling convolutions in their phase form), the forward pass, the input gradie
 kernel gradient, each jitted on its own, median of `--repeats` calls:
 - "xla": `lax.conv_general_dilated` and its autodiff, on the library `XLA_FLAGS` selects (the
   script sets Eigen, as train.py does, unless `XLA_FLAGS` chooses);
-- "onednn": `jaxseg.models.onednn.conv2d` and its gradients, when oneDNN is available;
+- "onednn": `jaxseg.kernels.onednn.conv2d` and its gradients, when oneDNN is available;
 - "torch": PyTorch's `conv2d` and `convolution_backward` (NCHW), when torch is installed.
 Values are checked against XLA's before timing. Prints a table (ms) and writes JSON.
 """
@@ -25,8 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from jaxseg.xla_cpu import prefer_eigen_convolutions  # noqa: E402
 
 # (H=W, C_in, C_out) of the U-Net of train_step.py (batch 16, 128x128, widths 32-256).
 LAYERS = [(128, 3, 32), (128, 32, 32), (128, 64, 32), (64, 32, 64), (64, 64, 64), (64, 128, 64), (64, 64, 128),
@@ -93,13 +91,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "conv_layers.json"))
     args = parser.parse_args(argv)
-    prefer_eigen_convolutions()
-
     import jax
     import numpy as np
     from jax import lax
 
-    from jaxseg.models import onednn
+    from jaxseg.kernels import onednn
 
     def xla_conv(x, k):
         return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))

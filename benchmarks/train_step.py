@@ -10,12 +10,10 @@ PyTorch runs eager (NCHW), eager channels_last and torch.compile when installed.
 implementation runs its steps as one block (not interleaved: PyTorch's OpenMP threads keep
 spinning after a step and would slow whatever runs next); the table reports the median step
 time. Runs unchanged on a GPU host: when JAX runs on a GPU, PyTorch runs on CUDA too.
-Both sides share the process, so they share its malloc settings: the README's CPU figures
-come from runs with the Makefile's `GLIBC_TUNABLES` and with glibc's defaults (recorded in the
-JSON, with `XLA_FLAGS`). jaxseg's convolutions run on oneDNN where it is installed
-(`jaxseg/models/onednn.py`; `JAXSEG_ONEDNN=0` turns it off), else on XLA's Eigen convolutions,
-as in train.py (`jaxseg/xla_cpu.py`); an `XLA_FLAGS` that sets the YNNPACK fusion flag wins.
-The JSON records which.
+Both sides share the process, so they share its environment (`GLIBC_TUNABLES` and
+`XLA_FLAGS` are recorded in the JSON). jaxseg's convolutions are those of `--kernels` (as
+`config.kernels`, default "auto" like the default config: oneDNN where it can run,
+`jaxseg.kernels`); the JSON records the route taken.
 """
 
 from __future__ import annotations
@@ -37,8 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jaxseg.models import onednn  # noqa: E402
-from jaxseg.xla_cpu import prefer_eigen_convolutions  # noqa: E402
+from jaxseg import kernels  # noqa: E402
 
 
 def jax_step(args, images, labels):
@@ -50,6 +47,7 @@ def jax_step(args, images, labels):
 
     config = seg_shapes_unet.get_config()
     config.model.update(depth=args.depth, base_width=args.base_width)
+    config.kernels = args.kernels
     config.loss.weights = dict(ce=1.0)
     config.optim.update(name="adam", schedule="constant", learning_rate=1e-3, clip_norm=0.0, weight_decay=0.0)
     make_model = segmentation.model_factory(config, args.classes)
@@ -155,9 +153,9 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--kernels", choices=kernels.KERNELS, default="auto", help="config.kernels of jaxseg's side")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     args = parser.parse_args(argv)
-    prefer_eigen_convolutions()  # what train.py does; before JAX's backend starts
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.size, args.size, 3)).astype(np.uint8)
@@ -173,11 +171,11 @@ def main(argv=None):
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
                "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "onednn_convolutions": onednn.routes_here()}
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels": kernels.resolve(args.kernels)}
     print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
           f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
           f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}, "
-          f"oneDNN convolutions: {machine['onednn_convolutions']}")
+          f"kernels: {machine['kernels']}")
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3

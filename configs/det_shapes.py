@@ -19,6 +19,9 @@ def get_config():
     config.seed = 0
     config.num_classes = 4
     config.compilation_cache = "~/.cache/jaxseg/xla"
+    # Convolutions (jaxseg.kernels): "xla", "onednn" (a system oneDNN 2.x, single-device CPU
+    # programs) or "auto" (oneDNN where it can run, else XLA's). Same function, other speed.
+    config.kernels = "auto"
     config.tensorboard = True
     config.distributed = False
     config.mesh = dict(axes=("data",), shape=(-1,), axis_types=("auto",), fsdp_min_size=0)

@@ -14,6 +14,9 @@ def get_config():
     config.seed = 0
     config.num_classes = 5
     config.compilation_cache = "~/.cache/jaxseg/xla"
+    # Convolutions (jaxseg.kernels): "xla", "onednn" (a system oneDNN 2.x, single-device CPU
+    # programs) or "auto" (oneDNN where it can run, else XLA's). Same function, other speed.
+    config.kernels = "auto"
     config.tensorboard = True
     # Multi-process runs (TPU pod slices, several GPU hosts): jax.distributed.initialize() is
     # called when this is true or JAX_COORDINATOR_ADDRESS is set (README "Scaling out").

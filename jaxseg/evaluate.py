@@ -16,8 +16,6 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxseg.xla_cpu import prefer_eigen_convolutions
-
 FLAGS = flags.FLAGS
 
 
@@ -54,7 +52,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    prefer_eigen_convolutions()
     print(json.dumps(evaluate_workdir(FLAGS.workdir, FLAGS.step, FLAGS.batch_size), indent=2))
 
 

@@ -20,8 +20,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 from PIL import Image
 
-from jaxseg.xla_cpu import prefer_eigen_convolutions
-
 FLAGS = flags.FLAGS
 
 
@@ -135,7 +133,6 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give one or more image files")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    prefer_eigen_convolutions()
     for path in predict_files(FLAGS.workdir, argv[1:], FLAGS.out, step=FLAGS.step, overlap=FLAGS.overlap,
                               batch_size=FLAGS.batch_size, min_score=FLAGS.min_score):
         print(path)

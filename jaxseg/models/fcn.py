@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
-from jaxseg.models.pooling import max_pool_2x2
-from jaxseg.models.resample import resize_bilinear
-from jaxseg.models.unet import apply_norm, conv, make_norm
+from jaxseg.models.layers import ConvFunction, apply_norm, conv, make_norm, max_pool_2x2, resize_bilinear
 
 
 class FCN(nnx.Module):
@@ -30,20 +29,20 @@ class FCN(nnx.Module):
         groups: int = 8,
         dropout: float = 0.0,
         dtype=jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
         if stages < 2:
             raise ValueError(f"FCN needs at least 2 stages (it fuses the last two); got {stages}")
         widths = [base_width * 2**i for i in range(stages)]
         self.stages = stages
-        self.convs = nnx.List(
-            [conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), dtype=dtype, rngs=rngs)
-             for i, w in enumerate(widths)]
-        )
+        convs = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
+        self.convs = nnx.List([conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), **convs)
+                               for i, w in enumerate(widths)])
         self.norms = nnx.List([make_norm(norm, w, groups=groups, dtype=dtype, rngs=rngs) for w in widths])
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
-        self.score_last = conv(widths[-1], num_classes, (1, 1), dtype=dtype, rngs=rngs)
-        self.score_previous = conv(widths[-2], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.score_last = conv(widths[-1], num_classes, (1, 1), **convs)
+        self.score_previous = conv(widths[-2], num_classes, (1, 1), **convs)
 
     def __call__(self, x, *, train: bool = False, key=None):
         stride = 2**self.stages

@@ -5,46 +5,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
-from jaxseg.models.conv import conv_general_dilated
-from jaxseg.models.pooling import max_pool_2x2
-from jaxseg.models.upsample_conv import upsample_conv_general_dilated
+from jaxseg.models.layers import ConvFunction, apply_norm, check_norm, conv, make_norm, max_pool_2x2, resize_bilinear
 
-NORMS = ("batch", "group", "none")
 UPSAMPLING = ("bilinear", "transpose")
-
-
-def conv(in_features, features, kernel_size, *, upsample: bool = False, **options):
-    """`nnx.Conv` with the CPU-friendly kernel gradient of `jaxseg.models.conv`; with `upsample`,
-    it convolves the 2x bilinear upsampling of its input (`jaxseg.models.upsample_conv`)."""
-    function = upsample_conv_general_dilated if upsample else conv_general_dilated
-    return nnx.Conv(in_features, features, kernel_size, conv_general_dilated=function, **options)
-
-
-def make_norm(kind: str, features: int, *, groups: int, dtype, rngs: nnx.Rngs):
-    if kind == "batch":
-        return nnx.BatchNorm(features, momentum=0.9, dtype=dtype, rngs=rngs)
-    if kind == "group":
-        return nnx.GroupNorm(features, num_groups=min(groups, features), dtype=dtype, rngs=rngs)
-    return None
-
-
-def apply_norm(norm, x, train: bool):
-    if norm is None:
-        return x
-    if isinstance(norm, nnx.BatchNorm):
-        return norm(x, use_running_average=not train)
-    return norm(x)
 
 
 class ConvBlock(nnx.Module):
     """Two 3x3 convolutions, each followed by a normalisation and ReLU; optional dropout."""
 
-    def __init__(self, in_features, features, *, norm, groups, dropout, dtype, rngs: nnx.Rngs):
-        use_bias = norm == "none"
-        self.conv1 = conv(in_features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
+    def __init__(self, in_features, features, *, norm, groups, dropout, dtype, conv_general_dilated, rngs: nnx.Rngs):
+        options = dict(use_bias=norm == "none", dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
+        self.conv1 = conv(in_features, features, (3, 3), **options)
         self.norm1 = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
-        self.conv2 = conv(features, features, (3, 3), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(features, features, (3, 3), **options)
         self.norm2 = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
 
@@ -67,8 +42,10 @@ class UNet(nnx.Module):
       norm: "batch", "group" or "none".
       groups: GroupNorm groups.
       dropout: dropout rate after each block of the bottleneck and decoder (0 disables).
-      upsampling: "bilinear" (resize + 3x3 conv) or "transpose" (2x2 transposed convolution).
+      upsampling: "bilinear" (2x bilinear resize, then a 3x3 convolution) or "transpose" (2x2
+        transposed convolution, stride 2).
       dtype: computation dtype (e.g. jnp.bfloat16); parameters stay float32.
+      conv_general_dilated: the convolution of every `nnx.Conv` (`jaxseg.kernels.convolution`).
 
     Call: `model(images [B, H, W, in_channels], train=..., key=dropout_key)` -> `[B, H, W, C]`.
     """
@@ -85,15 +62,17 @@ class UNet(nnx.Module):
         dropout: float = 0.0,
         upsampling: str = "bilinear",
         dtype=jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
+        check_norm(norm)
         if upsampling not in UPSAMPLING:
             raise ValueError(f"upsampling must be one of {UPSAMPLING}; got {upsampling!r}")
         self.depth = depth
         widths = [base_width * 2**level for level in range(depth + 1)]
-        block = dict(norm=norm, groups=groups, dtype=dtype, rngs=rngs)
+        self.upsampling = upsampling
+        block = dict(norm=norm, groups=groups, dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
+        convs = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.encoder = nnx.List(
             [ConvBlock(in_channels if i == 0 else widths[i - 1], widths[i], dropout=0.0, **block) for i in range(depth)]
         )
@@ -102,14 +81,20 @@ class UNet(nnx.Module):
             [
                 nnx.ConvTranspose(widths[i + 1], widths[i], (2, 2), strides=(2, 2), dtype=dtype, rngs=rngs)
                 if upsampling == "transpose"
-                else conv(widths[i + 1], widths[i], (3, 3), upsample=True, dtype=dtype, rngs=rngs)
+                else conv(widths[i + 1], widths[i], (3, 3), **convs)
                 for i in reversed(range(depth))
             ]
         )
         self.decoder = nnx.List(
             [ConvBlock(2 * widths[i], widths[i], dropout=dropout, **block) for i in reversed(range(depth))]
         )
-        self.head = conv(widths[0], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+        self.head = conv(widths[0], num_classes, (1, 1), **convs)
+
+    def _upsample(self, up, x):
+        """Double H and W: a transposed convolution, or a bilinear resize and a 3x3 convolution."""
+        if self.upsampling == "transpose":
+            return up(x)
+        return up(resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2])))
 
     def __call__(self, x, *, train: bool = False, key=None):
         stride = 2**self.depth
@@ -123,6 +108,5 @@ class UNet(nnx.Module):
             x = max_pool_2x2(x)
         x = self.bottleneck(x, train=train, key=keys[0])
         for i, (up, block) in enumerate(zip(self.up, self.decoder)):
-            # Both kinds of `up` double H and W (bilinear: upsample, then a 3x3 convolution).
-            x = block(jnp.concatenate([up(x), skips[-1 - i]], axis=-1), train=train, key=keys[i + 1])
+            x = block(jnp.concatenate([self._upsample(up, x), skips[-1 - i]], axis=-1), train=train, key=keys[i + 1])
         return self.head(x)

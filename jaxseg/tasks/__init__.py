@@ -34,16 +34,21 @@ def module(config):
     raise ValueError(f"config.task must be one of {TASKS}; got {name!r}")
 
 
-def model_options(model_config, models: dict):
-    """(model class, keyword options) of a `config.model` section: `name` picks the class from
-    `models`, `dtype` becomes a NumPy dtype, the other keys pass through."""
+def model_options(config, models: dict, *, convolutional: bool = True):
+    """(model class, keyword options) of `config.model`: `name` picks the class from `models`,
+    `dtype` becomes a NumPy dtype, the other keys pass through; convolutional models get the
+    `conv_general_dilated` of `config.kernels` (`jaxseg.kernels`; "xla" when unset)."""
     import jax.numpy as jnp
 
-    options = dict(model_config)
+    from jaxseg import kernels
+
+    options = dict(config.model)
     name = options.pop("name")
     if name not in models:
         raise ValueError(f"config.model.name must be one of {tuple(models)}; got {name!r}")
     options["dtype"] = jnp.dtype(options.pop("dtype", "float32"))
+    if convolutional:
+        options["conv_general_dilated"] = kernels.convolution(config.get("kernels", "xla"))
     return models[name], options
 
 

@@ -100,7 +100,7 @@ def make_data(config, workdir) -> Data:
 
 def model_factory(config):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
-    model, options = model_options(config.model, MODELS)
+    model, options = model_options(config, MODELS)
     return functools.partial(model, config.num_classes, in_channels=len(config.data.mean), **options)
 
 

@@ -80,7 +80,7 @@ def vocab_size(config) -> int:
 
 def model_factory(config):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
-    model, options = model_options(config.model, MODELS)
+    model, options = model_options(config, MODELS, convolutional=False)
     if model is TransformerLanguageModel:
         options.setdefault("max_len", max(config.data.seq_len, eval_seq_len(config.data)))
     return functools.partial(model, vocab_size(config), **options)

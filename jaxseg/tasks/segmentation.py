@@ -86,7 +86,7 @@ def in_channels(data) -> int:
 def model_factory(config, num_classes: int | None = None):
     """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
     num_classes = config.num_classes if num_classes is None else num_classes
-    model, options = model_options(config.model, MODELS)
+    model, options = model_options(config, MODELS)
     return functools.partial(model, num_classes, in_channels=in_channels(config.data), **options)
 
 

@@ -1,8 +1,8 @@
 """oneDNN convolutions for XLA's CPU backend, called through XLA's FFI.
 
-XLA's own CPU convolutions (Eigen or YNNPACK) ran the benchmark U-Net's layers slower than
-oneDNN, which PyTorch uses on the CPU; most of all the kernel gradients (per-layer figures:
-`benchmarks/conv_layers.py`, README, Train step).
+XLA's own CPU convolutions ran the benchmark U-Net's layers slower than oneDNN, which PyTorch
+uses on the CPU; most of all the kernel gradients (per-layer figures: `benchmarks/conv_layers.py`,
+docs/performance.md).
 
 `onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
 float32 NHWC/HWIO 2-D convolutions with stride 1 and "SAME" padding. It is compiled on first
@@ -10,12 +10,12 @@ use with the system's C++ compiler (`CXX`, default `c++`) against the FFI header
 with jaxlib and the system's oneDNN 2.x (`libdnnl-dev` on Debian 12), into `$JAXSEG_CACHE_DIR`
 (default `~/.cache/jaxseg`), named by a hash of the source, the jaxlib version and the
 compiler; a cached library that no longer loads (say, after a oneDNN upgrade) is rebuilt once.
-Without a compiler or oneDNN, `available()` is False (with one warning saying why) and
-`jaxseg.models.conv` keeps XLA's convolutions. `JAXSEG_ONEDNN=0` turns that route off;
-`conv2d` called directly runs on oneDNN regardless (or raises `OneDnnUnavailable`).
+Without a compiler or oneDNN, `available()` is False and `unavailable_reason()` says why;
+`conv2d` then raises `OneDnnUnavailable`. Programs choose this module through
+`jaxseg.kernels.convolution` (`config.kernels`), never by themselves.
 
-oneDNN runs its own OpenMP threads beside XLA's; the route is taken on single-device CPU
-programs only (`jaxseg.models.conv`), since XLA cannot partition an FFI call across devices.
+oneDNN runs its own OpenMP threads beside XLA's. It suits single-device CPU programs only:
+XLA cannot partition an FFI call across devices.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import os
 import subprocess
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+from jax import lax
 
+NHWC = ("NHWC", "HWIO", "NHWC")
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 HANDLERS = {
     "forward": "JaxsegOneDnnConvForward",
@@ -44,11 +45,6 @@ HANDLERS = {
 
 class OneDnnUnavailable(RuntimeError):
     """The oneDNN convolutions could not be built or loaded (the message says why)."""
-
-
-def enabled() -> bool:
-    """False when `JAXSEG_ONEDNN=0` turns the route off."""
-    return os.environ.get("JAXSEG_ONEDNN", "1") != "0"
 
 
 def compiler() -> str:
@@ -131,25 +127,15 @@ def _register_once() -> str | None:
     return None
 
 
-@functools.cache
-def _warn_unavailable(error: str) -> None:
-    warnings.warn(f"oneDNN convolutions unavailable, using XLA's: {error}", stacklevel=3)
+def unavailable_reason() -> str | None:
+    """None when the oneDNN convolutions can run in this process, else why not (builds and
+    registers the handlers on first call)."""
+    return _registration_error()
 
 
 def available() -> bool:
-    """Whether the oneDNN convolutions can run here and are not turned off (warns once if they cannot)."""
-    if not enabled():
-        return False
-    error = _registration_error()
-    if error is not None:
-        _warn_unavailable(error)
-    return error is None
-
-
-def routes_here() -> bool:
-    """Whether `jaxseg.models.conv` sends convolutions to oneDNN in this process: available, on
-    the CPU backend, with one device (XLA cannot partition an FFI call across devices)."""
-    return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
+    """Whether the oneDNN convolutions can run in this process."""
+    return unavailable_reason() is None
 
 
 def _call(name: str, shape, *operands):
@@ -186,3 +172,33 @@ def _conv2d_bwd(residuals, dy):
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return dimension_numbers is not None and tuple(dimension_numbers) == NHWC
+
+
+def _ones(values) -> bool:
+    return values is None or all(v == 1 for v in values)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None, **options):
+    """`lax.conv_general_dilated` (the `conv_general_dilated` of `nnx.Conv`) with what `conv2d`
+    covers sent to oneDNN: float32 stride-1 "SAME" ungrouped NHWC 2-D convolutions of a
+    non-empty batch. Every other convolution (strided, VALID, bfloat16, grouped, with an output
+    sharding) is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
+    covered = (
+        padding == "SAME" and lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _ones(window_strides)
+        and _ones(lhs_dilation) and _ones(rhs_dilation) and feature_group_count == 1 and batch_group_count == 1
+        and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.size > 0
+        and preferred_element_type in (None, jnp.float32) and options.get("out_sharding") is None
+    )
+    if covered:
+        return conv2d(lhs, rhs)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count, batch_group_count, precision, preferred_element_type,
+                                    **options)

@@ -1,5 +1,6 @@
-"""oneDNN convolutions through XLA's FFI: values and gradients against XLA's, the routing in
-`jaxseg.models.conv`, and build errors that say what is missing."""
+"""Backend kernels: the choice of `config.kernels`, and oneDNN convolutions through XLA's FFI
+(values and gradients against XLA's, what `onednn.conv_general_dilated` covers, build errors
+that say what is missing)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseg.models import conv as conv_module
-from jaxseg.models import onednn
+from jaxseg import kernels
+from jaxseg.kernels import onednn
 from jaxseg.models.unet import UNet
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 NHWC = ("NHWC", "HWIO", "NHWC")
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN (e.g. libdnnl-dev) or a C++ compiler is missing")
 
@@ -32,8 +33,35 @@ def value_and_grads(conv, x, kernel, weights):
 
 
 def uses_ffi(fn, *args) -> bool:
-    # A fresh function each time: traces are cached per function, and the route is chosen when tracing.
-    return "ffi_call" in str(jax.make_jaxpr(lambda *a: fn(*a))(*args))
+    return "ffi_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.fixture
+def fresh_choice():
+    kernels.resolve.cache_clear()
+    yield
+    kernels.resolve.cache_clear()
+
+
+def test_xla_is_lax_and_unknown_names_are_an_error(fresh_choice):
+    assert kernels.convolution("xla") is jax.lax.conv_general_dilated
+    with pytest.raises(ValueError, match="config.kernels must be one of .*'cudnn'"):
+        kernels.convolution("cudnn")
+
+
+def test_without_onednn_auto_falls_back_and_onednn_is_an_error(fresh_choice, monkeypatch, caplog):
+    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "no oneDNN here")
+    with caplog.at_level("WARNING", logger="jaxseg"):
+        assert kernels.convolution("auto") is jax.lax.conv_general_dilated
+    assert "XLA's convolutions (no oneDNN here)" in caplog.text
+    with pytest.raises(RuntimeError, match="config.kernels='onednn' cannot run here: no oneDNN here"):
+        kernels.convolution("onednn")
+
+
+@needs_onednn
+def test_auto_takes_onednn_where_it_runs(fresh_choice):
+    assert kernels.convolution("auto") is onednn.conv_general_dilated
+    assert kernels.convolution("onednn") is onednn.conv_general_dilated
 
 
 @needs_onednn
@@ -71,35 +99,36 @@ def test_vmap_over_a_member_axis_matches_each_member():
 
 
 @needs_onednn
-def test_conv_general_dilated_routes_float32_same_convolutions_to_onednn(monkeypatch):
+def test_conv_general_dilated_covers_float32_stride_one_same_convolutions():
     x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
-    route = lambda x, k, strides=(1, 1), padding="SAME": conv_module.conv_general_dilated(
+    route = lambda x, k, strides=(1, 1), padding="SAME": onednn.conv_general_dilated(  # noqa: E731
         x, k, strides, padding, dimension_numbers=NHWC)
     assert uses_ffi(route, x, k)
     assert not uses_ffi(route, x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))  # float32 only
     assert not uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
     assert not uses_ffi(lambda x, k: route(x, k, padding="VALID"), x, k)
-    monkeypatch.setenv("JAXSEG_ONEDNN", "0")
-    assert not uses_ffi(route, x, k)
+    for strides, padding in [((2, 2), "SAME"), ((1, 1), "VALID")]:  # what XLA keeps, it computes as lax does
+        np.testing.assert_array_equal(route(x, k, strides, padding),
+                                      jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC))
 
 
 @needs_onednn
-def test_a_unet_gives_the_same_loss_and_gradients_on_onednn_and_on_xla(monkeypatch):
-    model = UNet(3, depth=2, base_width=8, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def test_a_unet_gives_the_same_loss_and_gradients_on_onednn_and_on_xla():
     images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
 
-    def loss(params):
-        logits = nnx.merge(graphdef, params, rest, copy=True)(images, train=True)
-        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+    def loss_of(**options):
+        graphdef, params, rest = nnx.split(UNet(3, depth=2, base_width=8, rngs=nnx.Rngs(0), **options), nnx.Param, ...)
 
-    # A fresh jit per setting: the route is chosen when the function is traced.
-    on_onednn = jax.jit(jax.value_and_grad(loss))
-    assert uses_ffi(loss, params)
-    value, grads = on_onednn(params)
-    monkeypatch.setenv("JAXSEG_ONEDNN", "0")
-    assert not uses_ffi(loss, params)
-    ref_value, ref_grads = jax.jit(jax.value_and_grad(loss))(params)
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest, copy=True)(images, train=True)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+        return loss, params
+
+    loss, params = loss_of(conv_general_dilated=onednn.conv_general_dilated)
+    ref_loss, ref_params = loss_of()
+    assert uses_ffi(loss, params) and not uses_ffi(ref_loss, ref_params)
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(ref_loss))(ref_params)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4 * float(jnp.abs(ref).max()))
@@ -159,7 +188,7 @@ def test_the_handlers_check_shapes():
 def test_conv2d_works_in_a_fresh_process_without_asking_available_first():
     script = (
         "import jax, jax.numpy as jnp\n"
-        "from jaxseg.models import onednn\n"
+        "from jaxseg.kernels import onednn\n"
         "y = jax.jit(onednn.conv2d)(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)))\n"
         "print(float(y[0, 1, 1, 0]), float(y[0, 0, 0, 0]))\n"
     )
@@ -169,13 +198,16 @@ def test_conv2d_works_in_a_fresh_process_without_asking_available_first():
 
 @needs_onednn
 def test_multi_device_programs_keep_xla_convolutions():
-    # XLA cannot partition an FFI call across devices: with 2 CPU devices the route stays XLA's.
+    # XLA cannot partition an FFI call across devices: with 2 CPU devices "auto" is XLA's.
     script = (
-        "import jax, jax.numpy as jnp\n"
-        "from jaxseg.models import conv\n"
-        "f = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-        "print(jax.device_count(), 'ffi_call' in str(jax.make_jaxpr(f)(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 2)))))\n"
+        "import jax\n"
+        "from jaxseg import kernels\n"
+        "print(jax.device_count(), kernels.resolve('auto'))\n"
+        "try:\n"
+        "    kernels.resolve('onednn')\n"
+        "except RuntimeError as error:\n"
+        "    print('devices' in str(error))\n"
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-    assert out.stdout.split() == ["2", "False"]
+    assert out.stdout.split() == ["2", "xla", "True"]

@@ -1,5 +1,5 @@
 // oneDNN convolutions as XLA FFI handlers for the CPU backend (built and loaded by
-// jaxseg/models/onednn.py).
+// jaxseg/kernels/onednn.py).
 //
 // All three take NHWC activations and HWIO kernels in float32, stride 1, no dilation, no
 // groups, and "SAME" padding as XLA computes it for stride 1: (k - 1) / 2 before, the rest
