@@ -51,12 +51,12 @@ def copy_weights(torch, model: UNet, reference) -> None:
     def conv(ours, theirs):
         theirs.weight.copy_(torch.from_numpy(np.asarray(ours.kernel[...]).transpose(3, 2, 0, 1).copy()))
         if theirs.bias is not None:
-            theirs.bias.copy_(torch.from_numpy(np.asarray(ours.bias[...])))
+            theirs.bias.copy_(torch.from_numpy(np.array(ours.bias[...])))
 
     def norm(ours, theirs):
         for name, value in [("weight", ours.scale), ("bias", ours.bias), ("running_mean", ours.mean),
                             ("running_var", ours.var)]:
-            getattr(theirs, name).copy_(torch.from_numpy(np.asarray(value[...])))
+            getattr(theirs, name).copy_(torch.from_numpy(np.array(value[...])))
 
     def block(ours, theirs):
         conv(ours.conv1, theirs[0]), norm(ours.norm1, theirs[1]), conv(ours.conv2, theirs[3]), norm(ours.norm2, theirs[4])
