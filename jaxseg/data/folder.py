@@ -28,7 +28,8 @@ class FolderSource:
 
     Args:
       root: dataset folder.
-      images_dir, masks_dir: sub-folder names.
+      images_dir: sub-folder of the images.
+      masks_dir: sub-folder of the masks.
       extra_dirs: sub-folders of extra single-channel modalities, appended after RGB.
       split_file: optional text file of stems (one per line), e.g. VOC's `train.txt`.
       num_classes: number of classes; mask values must be in `[0, C)` or `ignore_index`.

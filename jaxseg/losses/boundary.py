@@ -97,7 +97,9 @@ def gradient_loss(
 
     Args:
       logits: `[B, *spatial, C]`; labels: int `[B, *spatial]` or float `[B, *spatial, C]`.
-      ignore_index / mask: a derivative whose footprint touches an ignored pixel counts 0.
+      ignore_index: label value of ignored pixels; a derivative whose footprint touches an
+        ignored (or masked-out) pixel counts 0.
+      mask: optional `[B, *spatial]` pixel weights (bool or float), combined with `ignore_index`.
       reduction: "mean" (over every counted entry of the batch), "sum", or "none" (`[B]`,
         the mean per image).
     """

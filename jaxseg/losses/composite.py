@@ -51,9 +51,14 @@ def segmentation_loss(
         `jaccard_loss` (dice_smooth), "tversky" `tversky_loss` (tversky_alpha, tversky_beta),
         "lovasz" `lovasz_loss`, "gradient" `gradient_loss` (gradient_operator, gradient_p),
         "boundary" `boundary_loss` (distance_maps, boundary_classes).
-      class_weights, label_smoothing, focal_gamma, tversky_alpha, tversky_beta, dice_smooth:
-        arrays or floats; vmappable.
-      ignore_index, mask: shared by every term.
+      class_weights: `[C]` class weights of the CE, focal and region terms (array; vmappable).
+      label_smoothing: CE label smoothing (array or float; vmappable).
+      focal_gamma: focal exponent (array or float; vmappable).
+      tversky_alpha: Tversky false-positive weight (array or float; vmappable).
+      tversky_beta: Tversky false-negative weight (array or float; vmappable).
+      dice_smooth: Dice / Jaccard / Tversky smoothing (array or float; vmappable).
+      ignore_index: label value left out by every term.
+      mask: optional `[B, ...]` pixel weights (bool or float) shared by every term.
       per_image: per-image region and Lovász terms (then averaged over the batch).
 
     Returns:

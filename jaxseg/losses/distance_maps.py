@@ -27,7 +27,10 @@ def signed_distance_maps(
     Returns:
       float32 `[*spatial, C]`.
     """
-    from scipy import ndimage  # imported here: `jaxseg.losses` stays light to import
+    try:
+        from scipy import ndimage  # imported here: `jaxseg.losses` stays light to import
+    except ImportError as error:
+        raise ImportError("signed_distance_maps needs SciPy: pip install scipy (or 'jaxseg[train]')") from error
 
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):

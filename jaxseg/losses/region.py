@@ -186,7 +186,8 @@ def dice_loss(
       mode: "multiclass" (softmax), "binary" or "multilabel" (sigmoid).
       classes: channels kept in the class mean (selected after empty-class masking, as smp).
       log_loss: `-log(max(score, eps))` instead of `1 - score`.
-      smooth, eps: `score = (I + smooth) / max(I + (FP + FN) / 2 + smooth, eps)`.
+      smooth: added to numerator and denominator: `score = (I + smooth) / max(I + (FP + FN) / 2 + smooth, eps)`.
+      eps: lower bound of that denominator.
       ignore_index: label whose pixels drop out of numerator and denominator.
       class_weights: `[C]`, weighted class mean `sum(w L) / sum(w)` (smp main).
       per_image: one score per image and class (sums over space only) instead of over the batch.

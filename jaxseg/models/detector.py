@@ -43,7 +43,9 @@ class FCOSDetector(nnx.Module):
       output_stride: stride of the prediction map (a power of two reached by some stage).
       fpn: True: the FPN top-down path adds every stage from the output stride down; False:
         the last stage alone, upsampled to the output stride (the ablation of the FPN).
-      fpn_width / head_width / head_convs: neck and tower sizes.
+      fpn_width: channels of the FPN (neck).
+      head_width: channels of the class and box towers.
+      head_convs: 3x3 convolutions per tower.
       prior: initial foreground probability of the class logits (focal-loss initialisation).
       conv_general_dilated: the convolution of every `nnx.Conv` (`jaxseg.kernels.convolution`).
     """

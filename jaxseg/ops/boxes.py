@@ -229,7 +229,9 @@ def batched_nms(boxes, scores, classes, *, iou_threshold, max_outputs: int, scor
 
     Args:
       boxes: `[N, 4]` xyxy.  scores: `[N]`.  classes: `[N]` int class ids.
-      iou_threshold, max_outputs, score_threshold: as in `nms`.
+      iou_threshold: as in `nms`.
+      max_outputs: as in `nms`.
+      score_threshold: as in `nms`.
 
     Returns:
       `(indices [max_outputs] int32, valid [max_outputs] bool)` as `nms`.
