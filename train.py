@@ -31,7 +31,7 @@ def main(argv):
     except Preempted as stop:  # the checkpoint is on disk; exit as the signal would have
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
-    task = tasks.module(FLAGS.config).Task(FLAGS.config)
+    task = tasks.get(FLAGS.config)
     print(f"final validation {task.describe(metrics)}")
 
 

@@ -37,6 +37,8 @@ from jaxseg.tasks import segmentation  # noqa: E402
 from jaxseg.train import parallel  # noqa: E402
 from jaxseg.train.program import compile_member_program, compile_program  # noqa: E402
 
+STATS_DIR = Path(tempfile.gettempdir())  # the label statistics of class-weighted members, cached
+
 EXTRA = {"ce,smoothed": {"loss": {"weights": {"ce": 1.0}, "label_smoothing": 0.1}}}
 
 
@@ -55,12 +57,6 @@ def fixed_batch(config, mesh):
     host = {"image": rng.integers(0, 256, (batch, *size, 3)).astype(np.uint8),
             "label": rng.integers(0, config.num_classes, (batch, *size)).astype(np.int32)}
     return parallel.global_batch(host, mesh)
-
-
-def class_weights_for(config):
-    source = segmentation.make_sources(config)[0]
-    cache = Path(tempfile.gettempdir()) / "jaxseg_ablation_bench_stats.json"
-    return lambda member_cfg: segmentation.data_class_weights(member_cfg, source, cache)
 
 
 def timed(step, state, batch, hp, steps: int):
@@ -82,8 +78,9 @@ def member_step_time(count: int, strategy: str, steps: int):
     config = ablation_config(count, strategy)
     mesh = parallel.make_mesh(dict(axes=("data",), shape=(1,), axis_types=("auto",)))
     members = variants.members(config)
-    setup = variants.member_setup(config, members, class_weights_for(config))
-    program = compile_member_program(config, mesh, seeds=setup.seeds, weight_decays=setup.weight_decays,
+    task = segmentation.Task(config)
+    setup = variants.member_setup(config, members, task, STATS_DIR)
+    program = compile_member_program(config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays,
                                      active_terms=setup.active_terms)
     return timed(program.train, program.init(), fixed_batch(config, mesh), program.place_hp(setup.hp), steps)
 
@@ -92,12 +89,14 @@ def sequential_step_time(count: int, steps: int):
     """K single-model programs (each member's own config), one step of each in turn."""
     config = ablation_config(count)
     mesh = parallel.make_mesh(dict(axes=("data",), shape=(1,), axis_types=("auto",)))
-    weights_for = class_weights_for(config)
+    members = variants.members(config)
+    member_hps = segmentation.Task(config).member_hyperparameters(
+        [variants.member_config(config, m) for m in members], STATS_DIR)
     total, compile_total = 0.0, 0.0
-    for member in variants.members(config):
+    for member, member_hp in zip(members, member_hps):
         member_cfg = variants.member_config(config, member)
-        program = compile_program(member_cfg, mesh)
-        hp = program.place_hp(segmentation.loss_hyperparameters(member_cfg, weights_for(member_cfg)))
+        program = compile_program(member_cfg, mesh, segmentation.Task(member_cfg))
+        hp = program.place_hp(member_hp)
         seconds, compile_seconds = timed(program.train, program.init(), fixed_batch(member_cfg, mesh), hp, steps)
         total += seconds
         compile_total += compile_seconds

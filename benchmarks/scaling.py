@@ -69,7 +69,7 @@ def measure(devices: int, global_batch: int, args) -> dict:
     config.data.image_size = (args.size, args.size)
     config.mesh.shape = (devices,)
     mesh = parallel.make_mesh(config.mesh)
-    program = compile_program(config, mesh)
+    program = compile_program(config, mesh, segmentation.Task(config))
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 256, (global_batch, args.size, args.size, 3)).astype(np.uint8),
             "label": rng.integers(0, config.num_classes, (global_batch, args.size, args.size)).astype(np.int32)}

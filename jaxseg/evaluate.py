@@ -20,7 +20,6 @@ FLAGS = flags.FLAGS
 
 
 def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
-    from jaxseg import tasks
     from jaxseg.train.inference import restore
     from jaxseg.train.loop import evaluate
     from jaxseg.train.step import eval_step, eval_step_with_predictions
@@ -29,14 +28,14 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     config = restored.config
     if batch_size:
         config.train.eval_batch_size = batch_size
-    task_module = tasks.module(config)
-    data = task_module.make_data(config, workdir)
-    hp = task_module.hyperparameters(config, data)
+    task = restored.task
+    data = task.make_data(workdir)
+    hp = task.hyperparameters(data)
     bound = dict(graphdef=restored.graphdef, task=restored.task)
     metrics_only = jax.jit(functools.partial(eval_step, **bound))
     with_predictions = jax.jit(functools.partial(eval_step_with_predictions, **bound))
-    metrics = {"step": restored.step, **evaluate(restored.state, hp, data.val, metrics_only, task=restored.task,
-                                                 with_predictions=with_predictions)}
+    (summary,) = evaluate(restored.state, hp, data.val, metrics_only, task=task, with_predictions=with_predictions)
+    metrics = {"step": restored.step, **summary}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -63,7 +63,7 @@ def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
 
     from jaxseg.data.augment import resize
     from jaxseg.train.inference import predict_fn
-    from jaxseg.train.logging import draw_boxes
+    from jaxseg.figures import draw_boxes
 
     config, task = restored.config, restored.task
     height, width = config.data.image_size
@@ -89,7 +89,7 @@ def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
 
 def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=16, min_score=0.3) -> list[Path]:
     from jaxseg.train.inference import logits_fn, restore
-    from jaxseg.train.logging import colourise
+    from jaxseg.figures import colourise
 
     restored = restore(workdir, step)
     config = restored.config

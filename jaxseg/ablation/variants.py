@@ -17,7 +17,6 @@ grid point.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from typing import NamedTuple
 
@@ -115,45 +114,31 @@ def describe(member: Member) -> str:
 
 class MemberSetup(NamedTuple):
     """What the compiled member program needs: the stacked hyperparameters (host arrays with a
-    leading member axis), the initialisation seeds and decoupled weight decays per member."""
+    leading member axis), the initialisation seeds and decoupled weight decays per member, and
+    each member's loss terms when the task lets members skip the others (else None)."""
 
     configs: list
     hp: dict
     seeds: list
     weight_decays: list
-    active_terms: list
+    active_terms: list | None
 
 
-def member_setup(config, members: list[Member], class_weights_for) -> MemberSetup:
-    """Per-member configs and their hyperparameters stacked into one pytree.
-
-    `class_weights_for(member_config)` gives the data-derived class weights (or None). All
-    members share one structure: the union of their loss terms (a term a member does not use
-    has weight 0, which adds exactly 0 to its loss and gradient) and, when any member weights
-    classes, weights of 1 for the others (the same as no weights).
-    """
+def member_setup(config, members: list[Member], task, workdir) -> MemberSetup:
+    """Per-member configs and their hyperparameters (`task.member_hyperparameters`, one pytree
+    structure) stacked into one pytree, with each member's learning-rate scale and seed."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxseg.tasks import segmentation
-
     configs = [member_config(config, m) for m in members]
-    hps = [segmentation.loss_hyperparameters(c, class_weights_for(c)) for c in configs]
-    active_terms = [tuple(sorted(hp["loss"].weights)) for hp in hps]
-    terms = sorted({term for hp in hps for term in hp["loss"].weights})
-    weighted = any(hp["loss"].class_weights is not None for hp in hps)
+    hps = task.member_hyperparameters(configs, workdir)
+    active_terms = [task.active_terms(hp) for hp in hps]
     same_init = config.ablation.get("same_init", True)
     for index, (hp, member_cfg) in enumerate(zip(hps, configs)):
-        loss = hp["loss"]
-        weights = {term: loss.weights.get(term, jnp.float32(0.0)) for term in terms}
-        class_weights = loss.class_weights
-        if weighted and class_weights is None:
-            class_weights = jnp.ones(config.num_classes, jnp.float32)
-        hp["loss"] = dataclasses.replace(loss, weights=weights, class_weights=class_weights)
         hp["lr_scale"] = jnp.float32(member_cfg.optim.learning_rate / config.optim.learning_rate)
         hp["seed"] = jnp.int32(config.seed if same_init else config.seed + index)
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *hps)
     weight_decays = [c.optim.weight_decay if c.optim.name != "adam" else 0.0 for c in configs]
-    return MemberSetup(configs, stacked, [int(hp["seed"]) for hp in hps], weight_decays, active_terms)
-
+    return MemberSetup(configs, stacked, [int(hp["seed"]) for hp in hps], weight_decays,
+                       None if None in active_terms else active_terms)

@@ -1,14 +1,8 @@
 """Tasks: one module per task binds its model, loss, metrics and data from a config.
 
-Each task module provides `make_data(config, workdir)` (the training iterator and the
-validation batches), `model_factory(config)` (a `make_model(rngs=...)`), `hyperparameters(
-config, data)` (the array pytree `hp` of the train step) and `Task(config)`: `apply`, `loss`,
-`metrics` and `eval_weights` run inside the compiled steps; `scores`, `describe` and
-`progress` turn summed statistics into the metrics the loop logs; `key_metric` and
-`higher_is_better` choose the best checkpoint and the best ablation member; `predict` turns
-outputs into predictions (class ids, detections) and `save_figure` draws them. A task whose
-metric is not a sum over batches (detection's COCO mAP) sets `collects_predictions` and
-provides `evaluator()` and `add_to(evaluator, batch, predictions)`.
+`get(config)` returns the task object of `config.task` (segmentation when the config names
+none), an implementation of `jaxseg.tasks.base.Task`: the one interface the trainer, the
+ablation program, evaluation and prediction use.
 """
 
 from __future__ import annotations
@@ -16,22 +10,18 @@ from __future__ import annotations
 TASKS = ("segmentation", "language", "detection")
 
 
-def module(config):
-    """The task module of `config.task` (segmentation when the config names none)."""
+def get(config):
+    """The `jaxseg.tasks.base.Task` of `config.task`, built from `config`."""
     name = config.get("task", "segmentation")
     if name == "segmentation":
-        from jaxseg.tasks import segmentation
-
-        return segmentation
-    if name == "language":
-        from jaxseg.tasks import language
-
-        return language
-    if name == "detection":
-        from jaxseg.tasks import detection
-
-        return detection
-    raise ValueError(f"config.task must be one of {TASKS}; got {name!r}")
+        from jaxseg.tasks import segmentation as module
+    elif name == "language":
+        from jaxseg.tasks import language as module
+    elif name == "detection":
+        from jaxseg.tasks import detection as module
+    else:
+        raise ValueError(f"config.task must be one of {TASKS}; got {name!r}")
+    return module.Task(config)
 
 
 def model_options(config, models: dict, *, convolutional: bool = True):

@@ -24,7 +24,7 @@ from jaxseg.data.shapes import ShapeBoxesSource
 from jaxseg.losses.detection import fcos_loss
 from jaxseg.models.detector import FCOSDetector
 from jaxseg.ops import fcos
-from jaxseg.tasks import checked_sources, model_options
+from jaxseg.tasks import base, checked_sources, model_options
 from jaxseg.tasks.segmentation import normalize
 
 MODELS = {"fcos": FCOSDetector}
@@ -112,8 +112,8 @@ def hyperparameters(config, data: Data | None = None) -> dict:
             "l1": jnp.float32(config.optim.l1)}
 
 
-class Task:
-    """What the generic train and eval steps and the loop need to know about detection."""
+class Task(base.Task):
+    """Object detection for the generic train and eval steps and the loop."""
 
     key_metric = "map"  # COCO mAP@[.5:.95] picks the best checkpoint
     higher_is_better = True
@@ -123,6 +123,7 @@ class Task:
     collects_predictions = True  # the loop decodes detections and hands them to `evaluator()`
 
     def __init__(self, config):
+        self.config = config
         self.num_classes = config.num_classes
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
         self.image_size = tuple(config.data.image_size)
@@ -135,6 +136,16 @@ class Task:
         self.center_radius = config.loss.center_radius
         self.detection_options = dict(config.detection)
         self.class_names = tuple(config.data.class_names) or tuple(f"class {c}" for c in range(self.num_classes))
+
+    # Setup: the data, model and hyperparameters of `self.config` (`jaxseg.tasks.base.Task`).
+    def make_data(self, workdir) -> Data:
+        return make_data(self.config, workdir)
+
+    def model_factory(self):
+        return model_factory(self.config)
+
+    def hyperparameters(self, data: Data | None = None) -> dict:
+        return hyperparameters(self.config, data)
 
     def units_per_batch(self, batch_size: int) -> int:
         return batch_size
@@ -197,7 +208,7 @@ class Task:
         return f"mAP {metrics['map']:.4f}, mAP@.5 {metrics['map50']:.4f}, mAP@.75 {metrics['map75']:.4f}"
 
     def save_figure(self, path, host_batch, detections, data: Data) -> None:
-        from jaxseg.train.logging import save_detection_figure
+        from jaxseg.figures import save_detection_figure
 
         save_detection_figure(path, host_batch["image"], host_batch, detections, class_names=list(data.class_names))
 

@@ -20,7 +20,7 @@ from jaxseg.data import text
 from jaxseg.data.pipeline import process_share
 from jaxseg.models import LSTMLanguageModel, TransformerLanguageModel
 from jaxseg.models.dense import output_logits
-from jaxseg.tasks import model_options
+from jaxseg.tasks import base, model_options
 
 MODELS = {"lstm": LSTMLanguageModel, "transformer": TransformerLanguageModel}
 HEADS = ("streaming", "logits")
@@ -95,8 +95,8 @@ def hyperparameters(config, data: Data | None = None) -> dict:
     }
 
 
-class Task:
-    """What the generic train and eval steps and the loop need to know about language models."""
+class Task(base.Task):
+    """Language modelling for the generic train and eval steps and the loop."""
 
     key_metric = "perplexity"
     higher_is_better = False
@@ -105,12 +105,23 @@ class Task:
     draws_predictions = False
 
     def __init__(self, config):
+        self.config = config
         if config.loss.head not in HEADS:
             raise ValueError(f"config.loss.head must be one of {HEADS}; got {config.loss.head!r}")
         self.head = config.loss.head
         self.chunk_size = tuple(config.loss.chunk_size)
         self.seq_len = config.data.seq_len
         self.vocab_size = vocab_size(config)
+
+    # Setup: the data, model and hyperparameters of `self.config` (`jaxseg.tasks.base.Task`).
+    def make_data(self, workdir) -> Data:
+        return make_data(self.config, workdir)
+
+    def model_factory(self):
+        return model_factory(self.config)
+
+    def hyperparameters(self, data: Data | None = None) -> dict:
+        return hyperparameters(self.config, data)
 
     def units_per_batch(self, batch_size: int) -> int:
         return batch_size * self.seq_len

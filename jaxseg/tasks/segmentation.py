@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from jaxseg.data import FolderSource, ShapesSource, balance, eval_batches, train
 from jaxseg.data.pipeline import process_share
 from jaxseg.metrics import confusion_matrix, scores
 from jaxseg.models import FCN, UNet
-from jaxseg.tasks import checked_sources, model_options
+from jaxseg.tasks import base, checked_sources, model_options
 
 MODELS = {"unet": UNet, "fcn": FCN}
 DATASETS = ("shapes", "folder")
@@ -141,8 +142,8 @@ def normalize(images, mean, std):
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-class Task:
-    """What the generic train and eval steps and the loop need to know about segmentation."""
+class Task(base.Task):
+    """Semantic segmentation for the generic train and eval steps and the loop."""
 
     key_metric = "miou"  # validation metric that picks the best checkpoint and member
     higher_is_better = True
@@ -151,9 +152,48 @@ class Task:
     draws_predictions = True  # the loop saves a figure of `figure(...)` at each evaluation
 
     def __init__(self, config):
+        self.config = config
         self.num_classes = config.num_classes
         self.ignore_index = config.data.ignore_index
         self.mean, self.std = tuple(config.data.mean), tuple(config.data.std)
+
+    # Setup: the data, model and hyperparameters of `self.config` (`jaxseg.tasks.base.Task`).
+    def make_data(self, workdir) -> Data:
+        return make_data(self.config, workdir)
+
+    def model_factory(self):
+        return model_factory(self.config)
+
+    def hyperparameters(self, data: Data | None = None) -> dict:
+        return hyperparameters(self.config, data)
+
+    def member_hyperparameters(self, configs: list, workdir) -> list[dict]:
+        """One `hp` per member config, of one structure: the union of the members' loss terms
+        (weight 0 for a term a member does not use: it adds exactly 0 to its loss and
+        gradient) and, when any member weights classes, weights of 1 for the others (the same
+        as no weights). Data-derived class weights come from the training labels' statistics,
+        cached in `workdir`."""
+        train_source = make_sources(self.config)[0]
+        stats_file = Path(workdir) / "label_statistics.json"
+        hps = [loss_hyperparameters(c, data_class_weights(c, train_source, stats_file)) for c in configs]
+        terms = sorted({term for hp in hps for term in hp["loss"].weights})
+        weighted = any(hp["loss"].class_weights is not None for hp in hps)
+        for hp in hps:
+            loss = hp["loss"]
+            class_weights = loss.class_weights
+            if weighted and class_weights is None:
+                class_weights = jnp.ones(self.num_classes, jnp.float32)
+            hp["loss"] = dataclasses.replace(loss, weights={t: loss.weights.get(t, jnp.float32(0.0)) for t in terms},
+                                             class_weights=class_weights)
+        return hps
+
+    def active_terms(self, hp: dict) -> tuple[str, ...]:
+        """The terms with a non-zero weight in a member's host `hp` (before stacking)."""
+        return tuple(sorted(t for t, w in hp["loss"].weights.items() if float(w) != 0.0))
+
+    def only_terms(self, hp: dict, terms: tuple[str, ...]) -> dict:
+        loss = hp["loss"]
+        return dict(hp, loss=dataclasses.replace(loss, weights={t: loss.weights[t] for t in terms}))
 
     def units_per_batch(self, batch_size: int) -> int:
         return batch_size
@@ -202,7 +242,7 @@ class Task:
 
     def save_figure(self, path, host_batch, predictions, data: Data) -> None:
         """The loop's prediction figure: images, ground truth and predicted masks."""
-        from jaxseg.train.logging import save_prediction_figure
+        from jaxseg.figures import save_prediction_figure
 
         save_prediction_figure(path, host_batch["image"], host_batch["label"], predictions,
                                num_classes=self.num_classes, ignore_index=self.ignore_index,

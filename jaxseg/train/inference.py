@@ -11,6 +11,7 @@ import ml_collections
 from flax import nnx
 
 from jaxseg import tasks
+from jaxseg.tasks.base import Task
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.optim import make_optimizer
 from jaxseg.train.state import init_state, model_graphdef
@@ -19,7 +20,7 @@ from jaxseg.train.step import eval_outputs
 
 class Restored(NamedTuple):
     config: ml_collections.ConfigDict
-    task: object
+    task: Task
     graphdef: nnx.GraphDef
     state: object
     step: int
@@ -43,7 +44,8 @@ def restore(workdir, step: str | int = "best") -> Restored:
                 f"{workdir} holds an ablation (several members in one checkpoint); evaluation and prediction "
                 f"take a single model's workdir. Its results are in {Path(workdir) / 'ablation.md'}"
             )
-        make_model = tasks.module(config).model_factory(config)
+        task = tasks.get(config)
+        make_model = task.model_factory()
         tx = make_optimizer(config.optim, config.train.steps)
         # Onto this process's first device, whatever mesh the checkpoint was saved from.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -52,7 +54,7 @@ def restore(workdir, step: str | int = "best") -> Restored:
         state = checkpoints.restore(chosen, abstract)
     finally:
         checkpoints.close()
-    return Restored(config, tasks.module(config).Task(config), model_graphdef(make_model), state, chosen)
+    return Restored(config, task, model_graphdef(make_model), state, chosen)
 
 
 def logits_fn(restored: Restored):

@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxseg import tasks
-from jaxseg.ablation import report, strategies, variants
+from jaxseg.ablation import report, variants
+from jaxseg.figures import read_metrics, save_curves
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
-from jaxseg.train.logging import MetricsLogger, read_metrics, save_curves
+from jaxseg.train.logging import MetricsLogger
 from jaxseg.train.optim import nonfinite_counts
 from jaxseg.train.preemption import Preempted, PreemptionWatch
-from jaxseg.train.program import compile_member_program, compile_program
+from jaxseg.train.program import Program, compile_member_program, compile_program
 
 log = logging.getLogger("jaxseg")
 SYNC_EVERY = 16
@@ -91,19 +93,19 @@ def global_rows(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, figure=None, members=None,
-             with_predictions=None):
+def evaluate(state, hp, batches, compiled_eval, *, task, per_member=lambda tree: [tree], place=jax.device_put,
+             figure=None, with_predictions=None) -> list[dict]:
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
     losses and statistics, one division by the number of valid images (or tokens) at the
-    end. `figure(host_batch, device_batch)` is called with the first batch. With `members=K`
-    the metrics carry a member axis and a list of K summaries is returned.
+    end; one summary per member (`per_member` splits the totals: `Program.per_member`).
+    `figure(host_batch, device_batch)` is called with the first batch.
 
     Tasks whose metrics are not sums (`task.collects_predictions`, e.g. COCO mAP) are
     evaluated by `with_predictions(state, batch, hp)` -> (metrics, predictions) instead, one
     forward pass per batch; the predictions, gathered from all processes, go to their
     `task.evaluator()`, whose `result()` joins the summary."""
-    collector = task.evaluator() if getattr(task, "collects_predictions", False) else None
-    if collector is not None and (with_predictions is None or members is not None):
+    collector = task.evaluator() if task.collects_predictions else None
+    if collector is not None and with_predictions is None:
         raise ValueError(f"{type(task).__module__}: evaluation needs the predictions of a single model")
     total = None
     for index in range(len(batches)):
@@ -119,32 +121,56 @@ def evaluate(state, hp, batches, compiled_eval, *, task, place=jax.device_put, f
             jax.block_until_ready(total)
         if index == 0 and figure is not None:
             figure(host, batch)
-    total = jax.device_get(total)
-    count = total.pop("count")
-    if members is None:
-        summary = summarize(total, count, task)
-        return summary if collector is None else {**summary, **collector.result()}
-    return [summarize(strategies.take(total, k), count[k], task) for k in range(members)]
+    summaries = []
+    for member_total in per_member(jax.device_get(total)):
+        member_total = dict(member_total)
+        summaries.append(summarize(member_total, member_total.pop("count"), task))
+    extra = collector.result() if collector is not None else {}
+    return [{**summary, **extra} for summary in summaries]
 
 
-def compile_for(config, mesh, data, workdir):
-    """(program, hp, members): one model, or the K members of `config.ablation`."""
-    task_module = tasks.module(config)
+class Setup(NamedTuple):
+    """The compiled program, its placed hyperparameters and the member names (`[None]` for
+    one model)."""
+
+    program: Program
+    hp: dict
+    names: list
+
+
+def compile_for(config, mesh, task, workdir, data) -> Setup:
+    """One model, or the K members of `config.ablation`, of `task`."""
     members = variants.members(config)
     if not members:
-        program = compile_program(config, mesh)
-        return program, program.place_hp(task_module.hyperparameters(config, data)), members
-    if config.get("task", "segmentation") != "segmentation":
-        raise ValueError("config.ablation: loss ablations are built for segmentation configs; "
-                         f"config.task is {config.task!r}")
-    train_source = task_module.make_sources(config)[0]
-    setup = variants.member_setup(config, members, lambda member_cfg: task_module.data_class_weights(
-        member_cfg, train_source, workdir / "label_statistics.json"))
-    program = compile_member_program(config, mesh, seeds=setup.seeds, weight_decays=setup.weight_decays,
+        program = compile_program(config, mesh, task)
+        return Setup(program, program.place_hp(task.hyperparameters(data)), [None])
+    setup = variants.member_setup(config, members, task, workdir)
+    program = compile_member_program(config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays,
                                      active_terms=setup.active_terms)
     if jax.process_index() == 0:
-        report.save_members(workdir, members)
-    return program, program.place_hp(setup.hp), members
+        report.save_members(workdir, members, report.Ranking(task.key_metric, task.higher_is_better))
+    return Setup(program, program.place_hp(setup.hp), [m.name for m in members])
+
+
+def of_member(name) -> str:
+    """" (member NAME)" in messages about an ablation member; "" for a single model."""
+    return "" if name is None else f" (member {name})"
+
+
+def write_figures(workdir: Path, names: list, task) -> None:
+    """The run's closing figures: the ablation report of several members, else the curves."""
+    if names != [None]:
+        report.write_report(workdir)
+    else:
+        save_curves(workdir / "figures" / "curves.png", read_metrics(workdir), keys=("loss", task.key_metric))
+
+
+def final_metrics(vals: list[dict], names: list, task) -> dict:
+    """The returned metrics: the model's, or the best member's with every member's."""
+    best = best_index(vals, task)
+    if names == [None]:
+        return vals[0]
+    return {**vals[best], "best_member": names[best], "members": dict(zip(names, vals))}
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -161,14 +187,11 @@ def train_and_evaluate(config, workdir) -> dict:
     place = functools.partial(parallel.global_batch, mesh=mesh)
     sync_every = SYNC_EVERY if mesh.size > 1 else None
 
-    # ------------------------------------------------------------------ data, model, optimiser, resume
-    data = tasks.module(config).make_data(config, workdir)
+    # ------------------------------------------------------------------ task, data, program, resume
+    task = tasks.get(config)
+    data = task.make_data(workdir)
     train_iter, val_batches = data.train, data.val
-    program, hp, members = compile_for(config, mesh, data, workdir)
-    task = program.task
-    names = [m.name for m in members] or [None]
-    per_member = (lambda tree: [tree]) if not members else (  # noqa: E731
-        lambda tree: [strategies.take(tree, k) for k in range(len(members))])
+    program, hp, names = compile_for(config, mesh, task, workdir, data)
     checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
     start = checkpoints.latest_step()
     if start is None:
@@ -182,6 +205,9 @@ def train_and_evaluate(config, workdir) -> dict:
     shown = 0  # the member whose predictions are drawn and whose loss the progress bar shows
     units = task.units_per_batch(train_cfg.batch_size)
     sign = 1.0 if task.higher_is_better else -1.0
+    run_evaluation = functools.partial(evaluate, hp=hp, batches=val_batches, compiled_eval=program.eval, task=task,
+                                       per_member=program.per_member, place=place,
+                                       with_predictions=program.eval_with_predictions)
 
     def figure(step):
         if not task.draws_predictions:
@@ -212,7 +238,7 @@ def train_and_evaluate(config, workdir) -> dict:
             if step % train_cfg.log_every == 0 or step == stop:
                 consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
                 elapsed = time.perf_counter() - last_log
-                summaries = [summarize(member_total, count, task) for member_total in per_member(jax.device_get(total))]
+                summaries = [summarize(part, count, task) for part in program.per_member(jax.device_get(total))]
                 bad_samples = data.skipped_samples() if getattr(data, "skipped_samples", None) else None
                 for name, summary in zip(names, summaries):
                     summary[f"{task.throughput_unit}_per_second"] = count * units / elapsed
@@ -221,31 +247,28 @@ def train_and_evaluate(config, workdir) -> dict:
                     logger.write(step, "train", summary, member=name)
                     if summary["skipped"]:
                         log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
-                                    f" (member {name})" if name else "", summary["skipped"], count)
+                                    of_member(name), summary["skipped"], count)
                 summary = summaries[shown]
                 progress.set_postfix(**task.progress(summary), per_s=f"{summary[f'{task.throughput_unit}_per_second']:.0f}",
-                                     **({"member": names[shown]} if members else {}))
+                                     **({} if names[shown] is None else {"member": names[shown]}))
                 worst = int(np.argmax(consecutive))
                 if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
                     checkpoints.wait()
                     raise NonFiniteError(
-                        f"step {step}: {consecutive[worst]} consecutive non-finite updates"
-                        f"{f' in ablation member {names[worst]!r}' if members else ''} (limit "
-                        f"config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
+                        f"step {step}: {consecutive[worst]} consecutive non-finite updates{of_member(names[worst])} "
+                        f"(limit config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
                         f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
                     )
                 total, count, last_log = None, 0, time.perf_counter()
 
             evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
             if evaluate_now:
-                vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, figure=figure(step),
-                                members=program.members, with_predictions=program.eval_with_predictions)
-                vals = vals if members else [vals]
+                vals = run_evaluation(state, figure=figure(step))
                 for name, val in zip(names, vals):
                     logger.write(step, "val", val, member=name)
                 shown = best_index(vals, task)
-                progress.write(f"step {step}: val {task.describe(vals[shown])}"
-                               + (f" (best member: {names[shown]})" if members else ""))
+                best = "" if names[shown] is None else f" (best member: {names[shown]})"
+                progress.write(f"step {step}: val {task.describe(vals[shown])}{best}")
                 last_log = time.perf_counter()
             saved = step % train_cfg.checkpoint_every == 0 or step == stop
             if saved:
@@ -263,18 +286,10 @@ def train_and_evaluate(config, workdir) -> dict:
     # ------------------------------------------------------------------ wrap up
     progress.close()
     if not vals:  # resumed at the last step: nothing trained, evaluate what is there
-        vals = evaluate(state, hp, val_batches, program.eval, task=task, place=place, members=program.members,
-                        with_predictions=program.eval_with_predictions)
-        vals = vals if members else [vals]
+        vals = run_evaluation(state)
     checkpoints.wait()
     checkpoints.close()
     if is_main:
-        if members:
-            report.write_report(workdir)
-        else:
-            save_curves(workdir / "figures" / "curves.png", read_metrics(workdir), keys=("loss", task.key_metric))
+        write_figures(workdir, names, task)
     logger.close()
-    if not members:
-        return vals[0]
-    best = best_index(vals, task)
-    return {**vals[best], "best_member": names[best], "members": dict(zip(names, vals))}
+    return final_metrics(vals, names, task)

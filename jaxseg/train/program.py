@@ -5,7 +5,6 @@ Shared by the training loop and the benchmarks, so what is measured is what trai
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -15,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxseg.ablation import strategies
-from jaxseg import tasks
+from jaxseg.tasks.base import Task
 from jaxseg.train import parallel
 from jaxseg.train.optim import make_optimizer, set_hyperparameter
 from jaxseg.train.state import init_state, initial_state, model_graphdef
@@ -30,7 +29,8 @@ class Program(NamedTuple):
     (`member` is ignored without members); `eval_with_predictions(state, batch, hp)` ->
     (metrics, predictions) from one forward pass (one model only, else None);
     `place_hp(hp)` puts host hyperparameters where the steps expect them. With `members=K`,
-    state, hp and metrics carry a leading member axis."""
+    state, hp and metrics carry a leading member axis; `per_member(tree)` is the list of
+    each member's part of such a tree (a list of one tree without members)."""
 
     members: int | None
     mesh: Any
@@ -45,13 +45,12 @@ class Program(NamedTuple):
     predict: Callable
     eval_with_predictions: Callable | None
     place_hp: Callable
+    per_member: Callable
 
 
-def compile_program(config, mesh) -> Program:
-    """The program of one model."""
-    task_module = tasks.module(config)
-    task = task_module.Task(config)
-    make_model = task_module.model_factory(config)
+def compile_program(config, mesh, task: Task) -> Program:
+    """The program of one model of `task` (`jaxseg.tasks.get(config)`)."""
+    make_model = task.model_factory()
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, config.train.steps)
     abstract_state = jax.eval_shape(lambda: init_state(make_model, tx, config.seed))
@@ -79,7 +78,7 @@ def compile_program(config, mesh) -> Program:
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
     return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
                    init, train, evaluate, predict, eval_with_predictions,
-                   functools.partial(parallel.replicate, mesh=mesh))
+                   functools.partial(parallel.replicate, mesh=mesh), lambda tree: [tree])
 
 
 def _checked(step, task, *, in_shardings, out_shardings):
@@ -103,34 +102,29 @@ def _checked(step, task, *, in_shardings, out_shardings):
     return train
 
 
-def _only_terms(hp, terms):
-    """`hp` whose loss computes only `terms` (a static tuple)."""
-    loss = hp["loss"]
-    return dict(hp, loss=dataclasses.replace(loss, weights={t: loss.weights[t] for t in terms}))
-
-
 def _all_terms(metrics, terms):
     """Metrics with a 0 for each loss term of `terms` the member did not compute."""
     return {**{f"loss_{t}": jnp.zeros((), jnp.float32) for t in terms}, **metrics}
 
 
-def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=None) -> Program:
-    """The program of K members of an ablation (`jaxseg.ablation`): one model and optimiser
-    structure, K states stacked on a leading axis (initialised from `seeds`, with decoupled
-    weight decay `weight_decays`), K hyperparameter sets; every member sees the same batch.
+def compile_member_program(config, mesh, task: Task, *, seeds, weight_decays, active_terms=None) -> Program:
+    """The program of K members of an ablation (`jaxseg.ablation`) of any task: one model and
+    optimiser structure, K states stacked on a leading axis (initialised from `seeds`, with
+    decoupled weight decay `weight_decays`), K hyperparameter sets; every member sees the same
+    batch.
 
     The member axis runs with `config.ablation.strategy`; on a mesh with a `member` axis it is
     also split over that axis with `jax.shard_map`. `active_terms` (one tuple of loss terms
-    per member) lets unrolled members skip the terms they weight 0.
+    per member, `task.active_terms`) lets unrolled members skip the terms they weight 0.
     """
     if config.get("mesh", {}).get("fsdp_min_size", 0):
         raise ValueError("config.mesh.fsdp_min_size: FSDP-style sharding is not combined with an ablation; set it to 0")
     count = len(seeds)
+    if task.collects_predictions:
+        raise ValueError(f"config.ablation: the {config.get('task', 'segmentation')} task's evaluation needs the "
+                         "predictions of a single model; ablations train tasks whose metrics are sums")
     strategy = strategies.resolve(config.ablation.strategy)
-    from jaxseg.tasks import segmentation  # ablations vary the segmentation loss
-
-    task = segmentation.Task(config)
-    make_model = segmentation.model_factory(config)
+    make_model = task.model_factory()
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, config.train.steps)
     sharded = strategies.MEMBER_AXIS in mesh.axis_names and mesh.shape[strategies.MEMBER_AXIS] > 1
@@ -156,12 +150,12 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
 
     def member_train(terms):
         def step(state, batch, hp):
-            state, metrics = one_train(state, batch, _only_terms(hp, terms))
+            state, metrics = one_train(state, batch, task.only_terms(hp, terms))
             return state, _all_terms(metrics, union)
         return step
 
     def member_eval(terms):
-        return lambda state, batch, hp: _all_terms(one_eval(state, batch, _only_terms(hp, terms)), union)
+        return lambda state, batch, hp: _all_terms(one_eval(state, batch, task.only_terms(hp, terms)), union)
 
     def members(fn, specialised, outputs_split):
         fn = strategies.over_members(fn, strategy, (0, None, 0), specialised if specialise else None)
@@ -177,11 +171,11 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
     evaluate = jax.jit(members(one_eval, [member_eval(t) for t in active_terms or ()], True),
                        in_shardings=(state_sharding, batch_sharding, member_sharding), out_shardings=replicated)
 
-    def labels(states, batch, member):
+    def predictions(states, batch, member):
         state = jax.tree.map(lambda x: x[member], states)
-        return jnp.argmax(eval_outputs(state, batch, graphdef=graphdef, task=task), axis=-1)
+        return task.predict(eval_outputs(state, batch, graphdef=graphdef, task=task))
 
-    predict = jax.jit(labels, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding)
+    predict = jax.jit(predictions, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding)
     seeds, weight_decays = jnp.asarray(seeds, jnp.int32), jnp.asarray(weight_decays, jnp.float32)
     init = lambda: jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)  # noqa: E731
 
@@ -189,8 +183,11 @@ def compile_member_program(config, mesh, *, seeds, weight_decays, active_terms=N
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x), np.shape(x)), hp)
 
+    def per_member(tree):
+        return [strategies.take(tree, k) for k in range(count)]
+
     return Program(count, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
-                   init, train, evaluate, predict, None, place_hp)
+                   init, train, evaluate, predict, None, place_hp, per_member)
 
 
 def _with_shardings(abstract, shardings):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from jaxseg.ablation import report, strategies, variants
+from jaxseg.tasks import segmentation
 from jaxseg.train.loop import train_and_evaluate
 from tests.train.tiny import flat, saved_state, tiny_config
 
@@ -77,13 +78,13 @@ def test_a_grid_needs_value_lists():
         variants.members(config)
 
 
-def test_member_hyperparameters_share_one_structure():
+def test_member_hyperparameters_share_one_structure(tmp_path):
     config = tiny_config()
     config.ablation.variants = VARIANTS
     config.ablation.same_init = False
     members = variants.members(config)
     assert [m.name for m in members] == ["ce", "ce-weighted", "dice-fast"]  # ml_collections sorts keys
-    setup = variants.member_setup(config, members, lambda c: None)
+    setup = variants.member_setup(config, members, segmentation.Task(config), tmp_path)
     loss = setup.hp["loss"]
     assert sorted(loss.weights) == ["ce", "dice"]
     np.testing.assert_array_equal(loss.weights["ce"], [1, 1, 0])

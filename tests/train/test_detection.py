@@ -17,7 +17,7 @@ from jaxseg.data.shapes import make_detection_sample
 from jaxseg.evaluate import evaluate_workdir
 from jaxseg.predict import predict_files
 from jaxseg.tasks import detection
-from jaxseg.train.logging import read_metrics
+from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +177,7 @@ def test_checkify_mode_names_a_box_class_out_of_range(tmp_path):
     config = tiny_detection_config()
     config.train.checkify = True
     mesh = parallel.make_mesh(config.get("mesh"))
-    program = compile_program(config, mesh)
+    program = compile_program(config, mesh, detection.Task(config))
     hp = program.place_hp(detection.hyperparameters(config))
     batch = next(detection.make_data(config, tmp_path).train)
     state, metrics = program.train(program.init(), parallel.global_batch(batch, mesh=mesh), hp)

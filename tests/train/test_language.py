@@ -18,7 +18,7 @@ from jaxseg.evaluate import evaluate_workdir
 from jaxseg.generate import generate_text
 from jaxseg.tasks import language
 from jaxseg.train import parallel
-from jaxseg.train.logging import read_metrics
+from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.program import compile_program
 from tests.train.tiny import flat, saved_state
@@ -109,7 +109,7 @@ def test_streaming_and_materialised_heads_agree(tmp_path):
         config = tiny_lm_config("transformer", corpus)
         config.loss.update(head=head, chunk_size=(32, 64), label_smoothing=0.1, z_loss=1e-3)
         mesh = parallel.make_mesh(config.get("mesh"))
-        program = compile_program(config, mesh)
+        program = compile_program(config, mesh, language.Task(config))
         data = language.make_data(config, tmp_path / head)
         state = program.init()
         state, metrics = program.train(state, parallel.global_batch(next(data.train), mesh=mesh),
@@ -168,3 +168,21 @@ def test_bad_language_configs_name_the_key(tmp_path):
     config = tiny_lm_config("lstm", tmp_path / "nowhere.txt")
     with pytest.raises(FileNotFoundError, match="config.data.corpus"):
         train_and_evaluate(config, tmp_path / "b")
+
+
+def test_a_language_model_ablation_trains_its_members_as_separate_runs_would(tmp_path):
+    # The member program is built through the Task interface: an LM ablation of the label
+    # smoothing trains both members in one program, and the unsmoothed member matches a run
+    # of its own config.
+    corpus = write_corpus(tmp_path / "corpus.txt", lines=300)
+    config = tiny_lm_config("lstm", corpus)
+    config.train.update(steps=10, log_every=5, eval_every=10, checkpoint_every=10)
+    single = train_and_evaluate(config, tmp_path / "single")
+    config.ablation = dict(variants={"plain": {}, "smoothed": {"loss": {"label_smoothing": 0.2}}}, grid={},
+                           strategy="unroll", same_init=True)
+    result = train_and_evaluate(config, tmp_path / "ablation")
+    members = result["members"]
+    assert sorted(members) == ["plain", "smoothed"]
+    np.testing.assert_allclose(members["plain"]["perplexity"], single["perplexity"], rtol=1e-4)
+    assert members["smoothed"]["loss"] != pytest.approx(members["plain"]["loss"], rel=1e-3)
+    assert (tmp_path / "ablation" / "ablation.md").exists()

@@ -122,7 +122,7 @@ def test_checkify_mode_stops_a_bad_batch_inside_the_step_and_naming_it(tiny_conf
     for checked in (False, True):
         tiny_config.train.checkify = checked
         mesh = parallel.make_mesh(tiny_config.get("mesh"))
-        program = compile_program(tiny_config, mesh)
+        program = compile_program(tiny_config, mesh, segmentation.Task(tiny_config))
         hp = program.place_hp(segmentation.hyperparameters(tiny_config))
         data = segmentation.make_data(tiny_config, Path(tiny_config.compilation_cache or "/tmp"))
         batch = next(data.train)

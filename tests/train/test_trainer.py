@@ -14,7 +14,7 @@ from PIL import Image
 from jaxseg.evaluate import evaluate_workdir
 from jaxseg.predict import predict_files
 from jaxseg.train.inference import restore
-from jaxseg.train.logging import read_metrics
+from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_evaluation_that_collects_predictions_runs_one_pass_per_batch():
 
     batches = [{"x": np.full((2,), i, np.float32)} for i in range(3)]
     task = _CollectingTask()
-    summary = evaluate(None, {}, batches, metrics_only, task=task, with_predictions=with_predictions)
+    (summary,) = evaluate(None, {}, batches, metrics_only, task=task, with_predictions=with_predictions)
     assert len(passes) == 3
     assert summary["collected"] == 0.0 + 4.0 + 8.0  # every batch's predictions, once
     assert summary["loss"] == pytest.approx((0 + 2 + 4) / 6)
