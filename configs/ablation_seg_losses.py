@@ -3,8 +3,7 @@
     python train.py --config=configs/ablation_seg_losses.py --workdir=runs/ablation
 
 Every member trains the default U-Net from the same initialisation on the same batches; only
-the loss differs. Results: WORKDIR/ablation.md and WORKDIR/ablation.png (README "Loss
-ablations").
+the loss differs. Results: WORKDIR/ablation.md and WORKDIR/ablation.png (docs/ablations.md).
 """
 
 from configs import seg_shapes_unet

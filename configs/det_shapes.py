@@ -3,9 +3,9 @@
     python train.py --config=configs/det_shapes.py --workdir=runs/det_shapes
 
 Classes are shape kinds (disk, rectangle, triangle, ring) with random colours and textures;
-1 to 4 shapes per 64x64 image. Evaluation: COCO mAP with pycocotools. On a 2-core CPU it
-reaches mAP@.5 0.997 and mAP@[.5:.95] 0.894 in 8 min 44 s (README "Object detection"). For a COCO-format dataset set `data.name="coco"` and
-the images folders and annotation files below.
+1 to 4 shapes per 64x64 image. Evaluation: COCO mAP with pycocotools. Sized for 10 minutes of
+a 2-core CPU; measured results: docs/detection.md. For a COCO-format dataset set
+`data.name="coco"` and the images folders and annotation files below.
 """
 
 import ml_collections
@@ -53,7 +53,7 @@ def get_config():
         name="fcos",
         widths=(16, 32, 64, 128),   # backbone stages, strides 2, 4, 8, 16
         output_stride=4,            # the one FPN level the head predicts on
-        fpn=True,                   # False: the last stage alone, upsampled (README: the FPN pays)
+        fpn=True,                   # False: the last stage alone, upsampled (the FPN ablation)
         fpn_width=64,
         head_width=64,
         head_convs=2,

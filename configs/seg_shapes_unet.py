@@ -2,7 +2,7 @@
 
     python train.py --config=configs/seg_shapes_unet.py --workdir=runs/seg_shapes_unet
 
-Reaches validation mIoU >= 0.90 on a 2-core CPU within 10 minutes (see README).
+Sized to reach validation mIoU about 0.9 within 10 minutes of a 2-core CPU (docs/training.md).
 Override any key from the command line, e.g. `--config.train.steps=500`.
 """
 
@@ -19,7 +19,7 @@ def get_config():
     config.kernels = "auto"
     config.tensorboard = True
     # Multi-process runs (TPU pod slices, several GPU hosts): jax.distributed.initialize() is
-    # called when this is true or JAX_COORDINATOR_ADDRESS is set (README "Scaling out").
+    # called when this is true or JAX_COORDINATOR_ADDRESS is set (docs/scaling.md).
     config.distributed = False
     config.mesh = dict(
         axes=("data",),             # the batch is split over "data"
@@ -95,7 +95,7 @@ def get_config():
         clip_norm=1.0,
         max_consecutive_nonfinite=10,
     )
-    # Loss ablations: K variants in one program (configs/ablation_seg_losses.py; README).
+    # Loss ablations: K variants in one program (configs/ablation_seg_losses.py; docs/ablations.md).
     config.ablation = dict(
         variants={},                # name -> {dotted config key: value}
         grid={},                    # dotted config key -> list of values (product)
@@ -111,7 +111,7 @@ def get_config():
         checkpoint_every=500,
         keep_checkpoints=2,
         stop_after=0,               # > 0: stop (with a checkpoint) after this step; rerun to resume
-        checkify=False,             # True: label checks compiled into the step (slower; README "Reliability")
+        checkify=False,             # True: label checks compiled into the step (slower; docs/reliability.md)
         progress=True,
     )
     return config

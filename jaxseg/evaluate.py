@@ -31,9 +31,8 @@ def evaluate_workdir(workdir, step="best", batch_size: int = 0) -> dict:
     task = restored.task
     data = task.make_data(workdir)
     hp = task.hyperparameters(data)
-    bound = dict(graphdef=restored.graphdef, task=restored.task)
-    metrics_only = jax.jit(functools.partial(eval_step, **bound))
-    with_predictions = jax.jit(functools.partial(eval_step_with_predictions, **bound))
+    metrics_only = jax.jit(functools.partial(eval_step, graphdef=restored.graphdef, task=task))
+    with_predictions = jax.jit(functools.partial(eval_step_with_predictions, graphdef=restored.graphdef, task=task))
     (summary,) = evaluate(restored.state, hp, data.val, metrics_only, task=task, with_predictions=with_predictions)
     metrics = {"step": restored.step, **summary}
     (Path(workdir) / f"eval_step_{restored.step}.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -105,7 +105,7 @@ def draw_boxes(image, boxes, classes, *, scores=None, class_names=None, scale: i
 
     picture = Image.fromarray(np.asarray(image)[..., :3].astype(np.uint8))
     if scale != 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(picture)
     for index, (box, kind) in enumerate(zip(np.asarray(boxes, np.float64), np.asarray(classes))):
         colour = BOX_COLOURS[int(kind) % len(BOX_COLOURS)]

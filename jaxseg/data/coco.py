@@ -68,9 +68,9 @@ class CocoSource:
         self.items = [(self.images_dir / image["file_name"], image["id"]) for image in images]
         self._sizes = [(image.get("height"), image.get("width")) for image in images]
 
-        boxes = [[] for _ in images]
-        classes = [[] for _ in images]
-        annotation_ids = [[] for _ in images]
+        boxes: list[list] = [[] for _ in images]
+        classes: list[list] = [[] for _ in images]
+        annotation_ids: list[list] = [[] for _ in images]
         for annotation in dataset.get("annotations", []):
             name = f"{where}: annotation {annotation.get('id')}"
             if annotation.get("image_id") not in row_of:

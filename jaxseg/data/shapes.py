@@ -10,6 +10,7 @@ has to learn geometry (a ring differs from a disk only by its hole).
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import numpy as np
 
@@ -47,10 +48,10 @@ def _shape_mask(kind: str, rng, yy, xx, size, *, inside: bool = False):
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         return (np.abs(u) < radius * rng.uniform(0.6, 1.0)) & (np.abs(v) < radius * rng.uniform(0.5, 1.0))
     corners = [(cx + radius * np.cos(angle + k * 2 * np.pi / 3), cy + radius * np.sin(angle + k * 2 * np.pi / 3)) for k in range(3)]
-    inside = np.ones_like(yy, dtype=bool)
+    triangle = np.ones_like(yy, dtype=bool)  # on the inner side of all three edges
     for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
-        inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) > 0
-    return inside
+        triangle &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) > 0
+    return triangle
 
 
 def make_sample(seed: int, split: str, index: int, *, size: int = 64, max_shapes: int = 4, depth: bool = False):
@@ -84,8 +85,8 @@ class ShapesSource:
     """A grain random-access source of `num_samples` generated samples of one split; the
     keyword options are those of `make_sample`."""
 
-    make = staticmethod(make_sample)
-    class_names = CLASSES
+    make: Callable[..., dict] = staticmethod(make_sample)
+    class_names: tuple[str, ...] = CLASSES
 
     def __init__(self, num_samples: int, *, split: str = "train", seed: int = 0, **options):
         if split not in SPLITS:

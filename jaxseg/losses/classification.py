@@ -115,6 +115,7 @@ def softmax_focal_terms(logits, t: ClassTargets, class_weights, gamma, alpha, st
     """
     gamma = jnp.asarray(gamma, jnp.float32)
     if t.labels is not None:
+        assert stats is not None, "integer labels need their softmax statistics"
         log_p = stats.label_logit - stats.lse
         # One class: p_y = 1; a large negative finite value keeps exp(gamma * .) finite.
         log_1mp = jnp.full_like(log_p, -1e30) if stats.other_lse is None else stats.other_lse - stats.lse

@@ -108,6 +108,7 @@ def segmentation_loss(
         if stats is not None:
             sums = label_overlap(stats, t, per_image)
         else:
+            assert probs is not None  # needs_probs: no statistics to read the sums from
             valid = t.valid[..., None]
             sums = overlap(RegionInputs(probs * valid, t.targets * valid, False), reduce_axes(x.ndim, per_image))
         shapes = {"dice": (0.5, 0.5), "jaccard": (1.0, 1.0), "tversky": (tversky_alpha, tversky_beta)}
@@ -122,6 +123,7 @@ def segmentation_loss(
         terms["gradient"] = safe_divide(jnp.sum(total), jnp.sum(count))
     if weight_map is not None:
         weighted = stats.weighted_sum if stats is not None else jnp.sum(probs * weight_map)
+        assert weighted is not None  # softmax_stats(..., weight_map=...) gives the weighted sum
         terms["boundary"] = weighted / boundary_count(x.shape, boundary_classes)
 
     total = sum(jnp.asarray(weights[name], jnp.float32) * value for name, value in terms.items())

@@ -79,8 +79,9 @@ def label_overlap(stats: SoftmaxStats, t: ClassTargets, per_image: bool) -> Over
     """The same sums for integer labels from `softmax_stats(..., class_sums=True)`."""
     axes = reduce_axes(t.targets.ndim, per_image)
     counts = jnp.sum(t.targets * t.valid[..., None], axis=axes)
-    tp = stats.label_prob_sums
-    return Overlap(tp, stats.prob_sums - tp, counts - tp, counts)
+    tp, prob_sums = stats.label_prob_sums, stats.prob_sums
+    assert tp is not None and prob_sums is not None, "softmax_stats(..., class_sums=True) gives the class sums"
+    return Overlap(tp, prob_sums - tp, counts - tp, counts)
 
 
 def region_overlap(logits, labels, *, mode, from_logits, ignore_index, mask, per_image, squared=False) -> Overlap:

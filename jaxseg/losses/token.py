@@ -233,6 +233,7 @@ def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=Non
         _pad(flat_targets, 0, padded_tokens), vocab, token_block, vocab_block,
     )
     n = h.shape[0]
-    stats = [s[:n].reshape(leading) for s in (lse, label_logit, sum_logits, jax.lax.stop_gradient(max_logit))]
+    lse, label_logit, sum_logits, max_logit = (
+        s[:n].reshape(leading) for s in (lse, label_logit, sum_logits, jax.lax.stop_gradient(max_logit)))
     valid = _valid_tokens(jnp.asarray(targets), ignore_index, mask)
-    return _from_stats(*stats, valid, vocab, label_smoothing, z_loss, reduction)
+    return _from_stats(lse, label_logit, sum_logits, max_logit, valid, vocab, label_smoothing, z_loss, reduction)

@@ -88,7 +88,7 @@ class CocoEvaluator:
                 raise ValueError(f"image id {image_id} (batch row {b}) was added before")
             self._image_ids.add(image_id)
             self._images.append({"id": image_id})
-            classes = self._checked(gt_classes[b][gt_mask[b]], "gt_classes", b)
+            classes = self._checked(gt_classes[b][gt_mask[b]], "gt_classes", int(b))
             for box, category in zip(_xywh(gt_boxes[b][gt_mask[b]]), classes):
                 self._ground_truth.append({
                     "id": len(self._ground_truth) + 1,  # COCOeval takes id 0 for "unmatched"
@@ -97,7 +97,7 @@ class CocoEvaluator:
                 })
             scores = det_scores[b][det_mask[b]]
             top = np.argsort(-scores, kind="stable")[: self.max_detections]
-            classes = self._checked(det_classes[b][det_mask[b]][top], "det_classes", b)
+            classes = self._checked(det_classes[b][det_mask[b]][top], "det_classes", int(b))
             boxes = _xywh(det_boxes[b][det_mask[b]][top])
             self._detections.append(np.column_stack([np.full(len(top), image_id), boxes, scores[top], classes + 1]))
 

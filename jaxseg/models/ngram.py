@@ -272,6 +272,6 @@ def _kneser_ney_probs(level: _Level, keys: np.ndarray, vocab_size: int, discount
 
 def _estimate_discount(counts: np.ndarray) -> float:
     """n1 / (n1 + 2 n2) from the count-of-counts, clipped to `DISCOUNT_RANGE`."""
-    n1 = np.count_nonzero(counts == 1)
-    n2 = np.count_nonzero(counts == 2)
+    n1 = int(np.count_nonzero(counts == 1))
+    n2 = int(np.count_nonzero(counts == 2))
     return float(np.clip(n1 / max(n1 + 2 * n2, 1), *DISCOUNT_RANGE))

@@ -141,10 +141,9 @@ class TransformerLanguageModel(OutputHead, nnx.Module):
         self.dtype = dtype
         init = embedding_init(d_model)
         self.embedding = nnx.Embed(vocab_size, d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+        self.position_embedding: nnx.Embed | None = None
         if positions == "learned":
             self.position_embedding = nnx.Embed(max_len, d_model, dtype=dtype, embedding_init=init, rngs=rngs)
-        else:
-            self.position_embedding = None
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
         use_rope = positions == "rope"
         self.blocks = nnx.List(

@@ -28,6 +28,10 @@ class Task(Protocol):
     draws_predictions: ClassVar[bool]  # the loop saves `save_figure(...)` at each evaluation
     collects_predictions: ClassVar[bool] = False  # metrics not summable: `evaluator()` collects predictions
 
+    def __init__(self, config) -> None:
+        """The task of `config` (a `jaxseg.tasks` module's `Task(config)`)."""
+        ...
+
     # ------------------------------------------------------------------ setup
     def make_data(self, workdir) -> Any:
         """This process's data: an object with `train` (a checkpointable iterator of host

@@ -173,7 +173,7 @@ class Task(base.Task):
         """Decoded detections per image (score threshold, per-class NMS, fixed count)."""
         detect = functools.partial(fcos.detect, points=jnp.asarray(self.points), image_size=self.image_size,
                                    **self.detection_options)
-        return jax.vmap(detect)(outputs["classes"], outputs["distances"], outputs["centerness"])
+        return jax.vmap(detect)(outputs["classes"], outputs["distances"], outputs["centerness"])  # type: ignore[call-arg]
 
     def check_batch(self, batch, step) -> None:
         """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""

@@ -14,7 +14,7 @@ from jaxseg import tasks
 from jaxseg.tasks.base import Task
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.optim import make_optimizer
-from jaxseg.train.state import init_state, model_graphdef
+from jaxseg.train.state import TrainState, init_state, model_graphdef
 from jaxseg.train.step import eval_outputs
 
 
@@ -22,7 +22,7 @@ class Restored(NamedTuple):
     config: ml_collections.ConfigDict
     task: Task
     graphdef: nnx.GraphDef
-    state: object
+    state: TrainState
     step: int
 
 

@@ -23,7 +23,7 @@ class MetricsLogger:
         self.workdir = Path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self.tensorboard = tensorboard
-        self.writers = {}
+        self.writers: dict = {}
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 

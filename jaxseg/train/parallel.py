@@ -147,7 +147,7 @@ def local_rows(array: jax.Array) -> np.ndarray:
     of `global_batch` for this process)."""
     if array.is_fully_addressable:
         return np.asarray(array)
-    shards = {}
+    shards: dict = {}
     for shard in array.addressable_shards:
         start = shard.index[0].start or 0
         shards.setdefault(start, np.asarray(shard.data))

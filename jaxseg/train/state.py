@@ -39,7 +39,7 @@ def initial_state(make_model, tx: optax.GradientTransformation, seed) -> TrainSt
     """Parameters, model state and optimiser state from `seed` (an int or a traced int32:
     `jax.vmap` over seeds gives a stack of differently initialised members)."""
     model = make_model(rngs=nnx.Rngs(seed if isinstance(seed, int) else jax.random.key(seed)))
-    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]  # (graphdef, *states)
     return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
 
 
