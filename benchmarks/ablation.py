@@ -54,8 +54,10 @@ def ablation_config(count: int, strategy: str = "auto"):
 def fixed_batch(config, mesh):
     rng = np.random.default_rng(0)
     size, batch = tuple(config.data.image_size), config.train.batch_size
-    host = {"image": rng.integers(0, 256, (batch, *size, 3)).astype(np.uint8),
-            "label": rng.integers(0, config.num_classes, (batch, *size)).astype(np.int32)}
+    host = {
+        "image": rng.integers(0, 256, (batch, *size, 3)).astype(np.uint8),
+        "label": rng.integers(0, config.num_classes, (batch, *size)).astype(np.int32),
+    }
     return parallel.global_batch(host, mesh)
 
 
@@ -80,8 +82,9 @@ def member_step_time(count: int, strategy: str, steps: int):
     members = variants.members(config)
     task = segmentation.Task(config)
     setup = variants.member_setup(config, members, task, STATS_DIR)
-    program = compile_member_program(config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays,
-                                     active_terms=setup.active_terms)
+    program = compile_member_program(
+        config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays, active_terms=setup.active_terms
+    )
     return timed(program.train, program.init(), fixed_batch(config, mesh), program.place_hp(setup.hp), steps)
 
 
@@ -91,7 +94,8 @@ def sequential_step_time(count: int, steps: int):
     mesh = parallel.make_mesh(dict(axes=("data",), shape=(1,), axis_types=("auto",)))
     members = variants.members(config)
     member_hps = segmentation.Task(config).member_hyperparameters(
-        [variants.member_config(config, m) for m in members], STATS_DIR)
+        [variants.member_config(config, m) for m in members], STATS_DIR
+    )
     total, compile_total = 0.0, 0.0
     for member, member_hp in zip(members, member_hps):
         member_cfg = variants.member_config(config, member)
@@ -106,14 +110,25 @@ def sequential_step_time(count: int, steps: int):
 def overrides_flags(member_cfg) -> list[str]:
     loss = member_cfg.loss
     flags = [f"--config.loss.weights.{term}={weight}" for term, weight in loss.weights.items()]
-    flags += [f"--config.loss.focal_gamma={loss.focal_gamma}", f"--config.loss.label_smoothing={loss.label_smoothing}",
-              f"--config.loss.class_weighting={loss.class_weighting}"]
+    flags += [
+        f"--config.loss.focal_gamma={loss.focal_gamma}",
+        f"--config.loss.label_smoothing={loss.label_smoothing}",
+        f"--config.loss.class_weighting={loss.class_weighting}",
+    ]
     return flags
 
 
 def run_train(config_file, flags: list[str], workdir: Path) -> float:
-    command = [sys.executable, str(ROOT / "train.py"), f"--config={config_file}", f"--workdir={workdir}",
-               "--config.compilation_cache=", "--config.train.progress=False", "--config.tensorboard=False", *flags]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+        "--config.compilation_cache=",
+        "--config.train.progress=False",
+        "--config.tensorboard=False",
+        *flags,
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
@@ -123,9 +138,13 @@ def run_train(config_file, flags: list[str], workdir: Path) -> float:
 
 def end_to_end(count: int, steps: int) -> dict:
     """Wall time of one ablation run of `steps` steps vs `count` separate runs."""
-    common = [f"--config.train.steps={steps}", f"--config.train.eval_every={steps}",
-              f"--config.train.checkpoint_every={steps}", f"--config.train.log_every={min(50, steps)}",
-              f"--config.optim.warmup_steps={min(10, steps - 1)}"]
+    common = [
+        f"--config.train.steps={steps}",
+        f"--config.train.eval_every={steps}",
+        f"--config.train.checkpoint_every={steps}",
+        f"--config.train.log_every={min(50, steps)}",
+        f"--config.optim.warmup_steps={min(10, steps - 1)}",
+    ]
     config = ablation_config(count)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -133,16 +152,28 @@ def end_to_end(count: int, steps: int) -> dict:
         script = tmp / "members.py"  # the benchmark's K members as a config file
         script.write_text(
             "import sys\nsys.path.insert(0, %r)\nfrom benchmarks.ablation import ablation_config\n"
-            "def get_config():\n    return ablation_config(%d)\n" % (str(ROOT), count))
+            "def get_config():\n    return ablation_config(%d)\n" % (str(ROOT), count)
+        )
         together = run_train(script, common, tmp / "ablation")
         separate = []
         for member in variants.members(config):
             member_cfg = variants.member_config(config, member)
-            separate.append(run_train(ROOT / "configs" / "seg_shapes_unet.py", [*common, *overrides_flags(member_cfg)],
-                                      tmp / f"single_{len(separate)}"))
-    return {"members": count, "steps": steps, "member_names": names, "ablation_seconds": round(together, 1),
-            "separate_seconds": round(sum(separate), 1), "separate_each": [round(s, 1) for s in separate],
-            "speedup": round(sum(separate) / together, 2)}
+            separate.append(
+                run_train(
+                    ROOT / "configs" / "seg_shapes_unet.py",
+                    [*common, *overrides_flags(member_cfg)],
+                    tmp / f"single_{len(separate)}",
+                )
+            )
+    return {
+        "members": count,
+        "steps": steps,
+        "member_names": names,
+        "ablation_seconds": round(together, 1),
+        "separate_seconds": round(sum(separate), 1),
+        "separate_each": [round(s, 1) for s in separate],
+        "speedup": round(sum(separate) / together, 2),
+    }
 
 
 def main(argv=None):
@@ -154,28 +185,48 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablation.json"))
     args = parser.parse_args(argv)
     print(f"member step of the default U-Net (batch 8, 64x64), {jax.default_backend()}, median of {args.steps} steps")
-    print(f"{'K':>3s} {'strategy':>10s} {'ms/step':>9s} {'K sequential ms':>16s} {'vs sequential':>14s} "
-          f"{'compile s':>10s} {'sequential compile s':>21s}")
+    print(
+        f"{'K':>3s} {'strategy':>10s} {'ms/step':>9s} {'K sequential ms':>16s} {'vs sequential':>14s} "
+        f"{'compile s':>10s} {'sequential compile s':>21s}"
+    )
     rows = []
     for count in args.members:
         sequential, sequential_compile = sequential_step_time(count, args.steps)
         for strategy in args.strategies:
             seconds, compile_seconds = member_step_time(count, strategy, args.steps)
-            row = {"members": count, "strategy": strategy, "ms_per_step": round(seconds * 1e3, 1),
-                   "sequential_ms": round(sequential * 1e3, 1), "speedup_vs_sequential": round(sequential / seconds, 2),
-                   "compile_seconds": round(compile_seconds, 1), "sequential_compile_seconds": round(sequential_compile, 1)}
+            row = {
+                "members": count,
+                "strategy": strategy,
+                "ms_per_step": round(seconds * 1e3, 1),
+                "sequential_ms": round(sequential * 1e3, 1),
+                "speedup_vs_sequential": round(sequential / seconds, 2),
+                "compile_seconds": round(compile_seconds, 1),
+                "sequential_compile_seconds": round(sequential_compile, 1),
+            }
             rows.append(row)
-            print(f"{count:3d} {strategy:>10s} {row['ms_per_step']:9.1f} {row['sequential_ms']:16.1f} "
-                  f"{row['speedup_vs_sequential']:13.2f}x {row['compile_seconds']:10.1f} {row['sequential_compile_seconds']:21.1f}")
-    result = {"args": vars(args), "auto": {backend: strategies.resolve("auto", backend) for backend in ("cpu", "gpu", "tpu")},
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
-                          "device": str(jax.devices()[0].device_kind), "jax": jax.__version__},
-              "step_rows": rows}
+            print(
+                f"{count:3d} {strategy:>10s} {row['ms_per_step']:9.1f} {row['sequential_ms']:16.1f} "
+                f"{row['speedup_vs_sequential']:13.2f}x {row['compile_seconds']:10.1f} {row['sequential_compile_seconds']:21.1f}"
+            )
+    result = {
+        "args": vars(args),
+        "auto": {backend: strategies.resolve("auto", backend) for backend in ("cpu", "gpu", "tpu")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind),
+            "jax": jax.__version__,
+        },
+        "step_rows": rows,
+    }
     if args.end_to_end_steps:
         e2e = end_to_end(max(args.members), args.end_to_end_steps)
         result["end_to_end"] = e2e
-        print(f"end to end, {e2e['members']} members x {e2e['steps']} steps: one ablation run {e2e['ablation_seconds']} s, "
-              f"{e2e['members']} separate runs {e2e['separate_seconds']} s ({e2e['speedup']}x)")
+        print(
+            f"end to end, {e2e['members']} members x {e2e['steps']} steps: one ablation run {e2e['ablation_seconds']} s, "
+            f"{e2e['members']} separate runs {e2e['separate_seconds']} s ({e2e['speedup']}x)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

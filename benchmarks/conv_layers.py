@@ -27,8 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # (H=W, C_in, C_out) of the U-Net of train_step.py (batch 16, 128x128, widths 32-256).
-LAYERS = [(128, 3, 32), (128, 32, 32), (128, 64, 32), (64, 32, 64), (64, 64, 64), (64, 128, 64), (64, 64, 128),
-          (32, 64, 128), (32, 128, 128), (32, 256, 128), (32, 128, 256), (16, 128, 256), (16, 256, 256)]
+LAYERS = [
+    (128, 3, 32),
+    (128, 32, 32),
+    (128, 64, 32),
+    (64, 32, 64),
+    (64, 64, 64),
+    (64, 128, 64),
+    (64, 64, 128),
+    (32, 64, 128),
+    (32, 128, 128),
+    (32, 256, 128),
+    (32, 128, 256),
+    (16, 128, 256),
+    (16, 256, 256),
+]
 PASSES = ("forward", "input_gradient", "kernel_gradient")
 
 
@@ -62,7 +75,9 @@ def time_jax(conv, x, kernel, dy, repeats, reference=None):
             ours, ref = fns[name](*args[name]), reference[name]
             np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4 * float(abs(ref).max()))
     values = {name: fns[name](*args[name]) for name in PASSES}
-    times = {name: median_ms(lambda name=name: jax.block_until_ready(fns[name](*args[name])), repeats) for name in PASSES}
+    times = {
+        name: median_ms(lambda name=name: jax.block_until_ready(fns[name](*args[name])), repeats) for name in PASSES
+    }
     return times, values
 
 
@@ -76,7 +91,9 @@ def time_torch(x, kernel, dy, repeats):
     pad = kernel.shape[0] // 2
 
     def backward(mask):
-        return torch.ops.aten.convolution_backward(tdy, tx, tk, None, (1, 1), (pad, pad), (1, 1), False, (0, 0), 1, mask)
+        return torch.ops.aten.convolution_backward(
+            tdy, tx, tk, None, (1, 1), (pad, pad), (1, 1), False, (0, 0), 1, mask
+        )
 
     return {
         "forward": median_ms(lambda: torch.nn.functional.conv2d(tx, tk, padding=pad), repeats),
@@ -102,6 +119,7 @@ def main(argv=None):
 
     try:
         import torch  # noqa: F401
+
         have_torch = True
     except ImportError:
         have_torch = False
@@ -119,13 +137,24 @@ def main(argv=None):
         if have_torch:
             row["torch"] = time_torch(*(np.asarray(a) for a in (x, kernel, dy)), args.repeats)
         rows.append(row)
-        print(f"{size:4d} {cin:4d} -> {cout:4d}  " + "   ".join(
-            f"{lib} " + " ".join(f"{row[lib][p]:6.1f}" for p in PASSES) for lib in libraries), flush=True)
+        print(
+            f"{size:4d} {cin:4d} -> {cout:4d}  "
+            + "   ".join(f"{lib} " + " ".join(f"{row[lib][p]:6.1f}" for p in PASSES) for lib in libraries),
+            flush=True,
+        )
     totals = {lib: {p: round(sum(r[lib][p] for r in rows), 1) for p in PASSES} for lib in libraries}
-    print("total            " + "   ".join(f"{lib} " + " ".join(f"{totals[lib][p]:6.1f}" for p in PASSES) for lib in libraries))
+    print(
+        "total            "
+        + "   ".join(f"{lib} " + " ".join(f"{totals[lib][p]:6.1f}" for p in PASSES) for lib in libraries)
+    )
     print(f"(ms: {', '.join(PASSES)}; batch {args.batch}, median of {args.repeats})")
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-               "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
     result = {"args": vars(args), "machine": machine, "rows": rows, "totals": totals}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

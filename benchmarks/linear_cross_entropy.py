@@ -68,9 +68,13 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     rows = []
-    print(f"loss + grads w.r.t. hidden and weight, {args.tokens} tokens x {args.hidden} hidden, float32, "
-          f"{jax.default_backend()}")
-    print(f"{'vocab':>7s} {'naive MiB':>10s} {'stream MiB':>11s} {'memory':>8s} {'naive ms':>9s} {'stream ms':>10s} {'time':>6s}")
+    print(
+        f"loss + grads w.r.t. hidden and weight, {args.tokens} tokens x {args.hidden} hidden, float32, "
+        f"{jax.default_backend()}"
+    )
+    print(
+        f"{'vocab':>7s} {'naive MiB':>10s} {'stream MiB':>11s} {'memory':>8s} {'naive ms':>9s} {'stream ms':>10s} {'time':>6s}"
+    )
     for vocab in args.vocab:
         h = jnp.asarray(rng.normal(size=(args.tokens, args.hidden)), jnp.float32)
         w = jnp.asarray(rng.normal(size=(args.hidden, vocab)) / np.sqrt(args.hidden), jnp.float32)
@@ -78,16 +82,30 @@ def main(argv=None):
         logits_gib = args.tokens * vocab * 4 / 2**30
         ours = measure(streaming, (h, w, t), args.repeats, run=True)
         theirs = measure(naive, (h, w, t), args.repeats, run=3 * logits_gib <= args.max_naive_gib)
-        row = {"vocab": vocab, "naive": theirs, "streaming": ours,
-               "memory_fraction": round(ours["temp_mib"] / theirs["temp_mib"], 4)}
+        row = {
+            "vocab": vocab,
+            "naive": theirs,
+            "streaming": ours,
+            "memory_fraction": round(ours["temp_mib"] / theirs["temp_mib"], 4),
+        }
         if "ms" in theirs:
             row["time_ratio"] = round(ours["ms"] / theirs["ms"], 2)
             np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=1e-4)
         rows.append(row)
-        print(f"{vocab:7d} {theirs['temp_mib']:10.1f} {ours['temp_mib']:11.1f} {row['memory_fraction']:7.1%} "
-              f"{theirs.get('ms', float('nan')):9.1f} {ours['ms']:10.1f} {row.get('time_ratio', float('nan')):5.2f}x")
-    result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-              "backend": jax.default_backend(), "jax": jax.__version__}, "rows": rows}
+        print(
+            f"{vocab:7d} {theirs['temp_mib']:10.1f} {ours['temp_mib']:11.1f} {row['memory_fraction']:7.1%} "
+            f"{theirs.get('ms', float('nan')):9.1f} {ours['ms']:10.1f} {row.get('time_ratio', float('nan')):5.2f}x"
+        )
+    result = {
+        "args": vars(args),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "backend": jax.default_backend(),
+            "jax": jax.__version__,
+        },
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -14,7 +14,6 @@ skipped; `make conformance` installs them.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -90,12 +89,18 @@ def torch_cases(num_classes):
     F = torch.nn.functional
     cases = {
         "cross_entropy": ("torch", lambda x, y, d: F.cross_entropy(x, y)),
-        "cross_entropy (ignore, weights, smoothing)": ("torch", lambda x, y, d: F.cross_entropy(
-            x, y, ignore_index=IGNORE, weight=torch.linspace(0.5, 2, num_classes), label_smoothing=0.1
-        )),
-        "binary_cross_entropy": ("torch", lambda x, y, d: F.binary_cross_entropy_with_logits(
-            x, F.one_hot(y, num_classes).permute(0, 3, 1, 2).float()
-        )),
+        "cross_entropy (ignore, weights, smoothing)": (
+            "torch",
+            lambda x, y, d: F.cross_entropy(
+                x, y, ignore_index=IGNORE, weight=torch.linspace(0.5, 2, num_classes), label_smoothing=0.1
+            ),
+        ),
+        "binary_cross_entropy": (
+            "torch",
+            lambda x, y, d: F.binary_cross_entropy_with_logits(
+                x, F.one_hot(y, num_classes).permute(0, 3, 1, 2).float()
+            ),
+        ),
         "gradient (sobel)": ("torch (same formula)", lambda x, y, d: torch_gradient_loss(x, y, num_classes)),
         "boundary": ("torch (same formula)", lambda x, y, d: (x.softmax(1) * d).mean()),
     }
@@ -103,16 +108,22 @@ def torch_cases(num_classes):
     try:
         smp = ref.smp_losses()
         onehot = lambda y: F.one_hot(y, num_classes).permute(0, 3, 1, 2).float().contiguous()
-        cases.update({
-            "focal (multilabel, smp)": ("smp", lambda x, y, d: smp.FocalLoss("multilabel", gamma=2.0)(x, onehot(y))),
-            "dice": ("smp", lambda x, y, d: smp.DiceLoss("multiclass")(x, y)),
-            "jaccard": ("smp", lambda x, y, d: smp.JaccardLoss("multiclass")(x, y)),
-            "tversky": ("smp", lambda x, y, d: smp.TverskyLoss("multiclass", alpha=0.7, beta=0.3)(x, y)),
-            "lovasz": ("smp", lambda x, y, d: smp.LovaszLoss("multiclass")(x, y)),
-            "ce + dice (segmentation_loss)": (
-                "torch + smp", lambda x, y, d: F.cross_entropy(x, y) + smp.DiceLoss("multiclass")(x, y)
-            ),
-        })
+        cases.update(
+            {
+                "focal (multilabel, smp)": (
+                    "smp",
+                    lambda x, y, d: smp.FocalLoss("multilabel", gamma=2.0)(x, onehot(y)),
+                ),
+                "dice": ("smp", lambda x, y, d: smp.DiceLoss("multiclass")(x, y)),
+                "jaccard": ("smp", lambda x, y, d: smp.JaccardLoss("multiclass")(x, y)),
+                "tversky": ("smp", lambda x, y, d: smp.TverskyLoss("multiclass", alpha=0.7, beta=0.3)(x, y)),
+                "lovasz": ("smp", lambda x, y, d: smp.LovaszLoss("multiclass")(x, y)),
+                "ce + dice (segmentation_loss)": (
+                    "torch + smp",
+                    lambda x, y, d: F.cross_entropy(x, y) + smp.DiceLoss("multiclass")(x, y),
+                ),
+            }
+        )
     except skip:
         pass
     try:
@@ -125,9 +136,12 @@ def torch_cases(num_classes):
         pass
     try:
         tv = ref.torchvision_ops("focal_loss")
-        cases["sigmoid_focal_loss"] = ("torchvision", lambda x, y, d: tv.sigmoid_focal_loss(
-            x, F.one_hot(y, num_classes).permute(0, 3, 1, 2).float(), reduction="mean"
-        ))
+        cases["sigmoid_focal_loss"] = (
+            "torchvision",
+            lambda x, y, d: tv.sigmoid_focal_loss(
+                x, F.one_hot(y, num_classes).permute(0, 3, 1, 2).float(), reduction="mean"
+            ),
+        )
     except skip:
         pass
     return cases
@@ -225,13 +239,15 @@ def main(argv=None):
     for name in names:
         ours_ms = medians[(name, "jaxseg")]
         others = {lib: ms for (n, lib), ms in medians.items() if n == name and lib != "jaxseg"}
-        rows.append({
-            "loss": name,
-            "jaxseg_ms": round(ours_ms, 2),
-            "xla_bytes_accessed_mb": None if bytes_moved[name] is None else round(bytes_moved[name] / 1e6, 1),
-            "others_ms": {lib: round(ms, 2) for lib, ms in others.items()},
-            "speedup": {lib: round(ms / ours_ms, 2) for lib, ms in others.items()},
-        })
+        rows.append(
+            {
+                "loss": name,
+                "jaxseg_ms": round(ours_ms, 2),
+                "xla_bytes_accessed_mb": None if bytes_moved[name] is None else round(bytes_moved[name] / 1e6, 1),
+                "others_ms": {lib: round(ms, 2) for lib, ms in others.items()},
+                "speedup": {lib: round(ms / ours_ms, 2) for lib, ms in others.items()},
+            }
+        )
     ce = next((r["jaxseg_ms"] for r in rows if r["loss"] == "cross_entropy"), None)
     combined = next((r["jaxseg_ms"] for r in rows if r["loss"].startswith("ce + dice")), None)
 
@@ -249,8 +265,12 @@ def main(argv=None):
     result = {
         "shape": list(args.shape),
         "rounds": args.rounds,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                    "backend": jax.default_backend()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+        },
         "versions": {m: _version(m) for m in ("optax", "torch", "segmentation_models_pytorch", "monai")},
         "rows": rows,
         "ce_plus_dice_over_ce": None if not (ce and combined) else round(combined / ce, 2),

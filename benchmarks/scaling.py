@@ -37,8 +37,9 @@ def parse(argv=None):
 
 ARGS = parse() if __name__ == "__main__" else None
 if ARGS is not None:  # before JAX starts: the host platform's device count is fixed then
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={ARGS.cpu_devices}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.cpu_devices}"
+    ).strip()
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -59,8 +60,12 @@ def memory_per_device(compiled) -> dict:
     analysis = compiled.memory_analysis()
     if analysis is None:
         return {}
-    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-             + analysis.temp_size_in_bytes)
+    total = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
     return {"program_mib": round(total / 2**20, 1), "temporaries_mib": round(analysis.temp_size_in_bytes / 2**20, 1)}
 
 
@@ -71,8 +76,10 @@ def measure(devices: int, global_batch: int, args) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     program = compile_program(config, mesh, segmentation.Task(config))
     rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 256, (global_batch, args.size, args.size, 3)).astype(np.uint8),
-            "label": rng.integers(0, config.num_classes, (global_batch, args.size, args.size)).astype(np.int32)}
+    host = {
+        "image": rng.integers(0, 256, (global_batch, args.size, args.size, 3)).astype(np.uint8),
+        "label": rng.integers(0, config.num_classes, (global_batch, args.size, args.size)).astype(np.int32),
+    }
     batch = parallel.global_batch(host, mesh)
     hp = parallel.replicate(segmentation.loss_hyperparameters(config), mesh)
     state = program.init()
@@ -89,9 +96,14 @@ def measure(devices: int, global_batch: int, args) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     ms = statistics.median(times) * 1e3
-    row = {"devices": devices, "global_batch": global_batch, "ms_per_step": round(ms, 1),
-           "images_per_second": round(global_batch / ms * 1e3, 1), "compile_seconds": round(compile_seconds, 1),
-           **memory_per_device(compiled)}
+    row = {
+        "devices": devices,
+        "global_batch": global_batch,
+        "ms_per_step": round(ms, 1),
+        "images_per_second": round(global_batch / ms * 1e3, 1),
+        "compile_seconds": round(compile_seconds, 1),
+        **memory_per_device(compiled),
+    }
     stats = mesh.devices.flat[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         row["allocator_peak_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
@@ -102,10 +114,14 @@ def main(args) -> None:
     available = jax.device_count()
     counts = [n for n in args.devices if n <= available]
     skipped = [n for n in args.devices if n > available]
-    print(f"train step of the default U-Net, {args.size}x{args.size}, {jax.default_backend()} "
-          f"({available} devices{'; skipped ' + str(skipped) if skipped else ''}), median of {args.steps} steps")
-    header = f"{'mode':7s} {'devices':>7s} {'batch':>6s} {'ms/step':>9s} {'images/s':>9s} {'vs 1 device':>12s} " \
-             f"{'MiB/device':>11s} {'compile s':>10s}"
+    print(
+        f"train step of the default U-Net, {args.size}x{args.size}, {jax.default_backend()} "
+        f"({available} devices{'; skipped ' + str(skipped) if skipped else ''}), median of {args.steps} steps"
+    )
+    header = (
+        f"{'mode':7s} {'devices':>7s} {'batch':>6s} {'ms/step':>9s} {'images/s':>9s} {'vs 1 device':>12s} "
+        f"{'MiB/device':>11s} {'compile s':>10s}"
+    )
     print(header)
     rows = []
     for mode in ("strong", "weak"):
@@ -115,11 +131,21 @@ def main(args) -> None:
             base = base or row["images_per_second"]
             row["throughput_vs_1"] = round(row["images_per_second"] / base, 2)
             rows.append(row)
-            print(f"{mode:7s} {n:7d} {row['global_batch']:6d} {row['ms_per_step']:9.1f} {row['images_per_second']:9.1f} "
-                  f"{row['throughput_vs_1']:11.2f}x {row.get('program_mib', float('nan')):11.1f} {row['compile_seconds']:10.1f}")
-    result = {"args": vars(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-              "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "jax": jax.__version__},
-              "rows": rows}
+            print(
+                f"{mode:7s} {n:7d} {row['global_batch']:6d} {row['ms_per_step']:9.1f} {row['images_per_second']:9.1f} "
+                f"{row['throughput_vs_1']:11.2f}x {row.get('program_mib', float('nan')):11.1f} {row['compile_seconds']:10.1f}"
+            )
+    result = {
+        "args": vars(args),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind),
+            "jax": jax.__version__,
+        },
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(json.dumps(result, indent=2) + "\n")

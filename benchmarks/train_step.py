@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +83,14 @@ def torch_steps(args, images, labels):
 
     class Block(nn.Sequential):
         def __init__(self, cin, cout):
-            super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout, momentum=0.1), nn.ReLU(),
-                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout, momentum=0.1), nn.ReLU())
+            super().__init__(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout, momentum=0.1),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout, momentum=0.1),
+                nn.ReLU(),
+            )
 
     class UNet(nn.Module):
         def __init__(self, classes, depth, base):
@@ -169,21 +174,38 @@ def main(argv=None):
 
     rows = []
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
-               "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""), "kernels": kernels.resolve(args.kernels)}
-    print(f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
-          f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
-          f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}, "
-          f"kernels: {machine['kernels']}")
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kernels": kernels.resolve(args.kernels),
+    }
+    print(
+        f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
+        f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
+        f"GLIBC_TUNABLES={machine['glibc_tunables']!r}, XLA_FLAGS={machine['xla_flags']!r}, "
+        f"kernels: {machine['kernels']}"
+    )
     print(f"{'implementation':28s} {'ms/step':>9s} {'images/s':>9s} {'first step s':>13s} {'jaxseg speed-up':>16s}")
     for name, (_, first) in runners.items():
         ms = statistics.median(times[name]) * 1e3
-        rows.append({"implementation": name, "ms_per_step": round(ms, 1), "images_per_second": round(args.batch / ms * 1e3, 1),
-                     "first_step_seconds": round(first, 1), "jaxseg_speedup": round(ms / jax_ms, 2)})
+        rows.append(
+            {
+                "implementation": name,
+                "ms_per_step": round(ms, 1),
+                "images_per_second": round(args.batch / ms * 1e3, 1),
+                "first_step_seconds": round(first, 1),
+                "jaxseg_speedup": round(ms / jax_ms, 2),
+            }
+        )
         r = rows[-1]
-        print(f"{name:28s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['first_step_seconds']:13.1f} "
-              f"{r['jaxseg_speedup']:15.2f}x")
+        print(
+            f"{name:28s} {r['ms_per_step']:9.1f} {r['images_per_second']:9.1f} {r['first_step_seconds']:13.1f} "
+            f"{r['jaxseg_speedup']:15.2f}x"
+        )
     result = {"args": vars(args), "machine": machine, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

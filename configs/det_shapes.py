@@ -27,23 +27,23 @@ def get_config():
     config.mesh = dict(axes=("data",), shape=(-1,), axis_types=("auto",), fsdp_min_size=0)
 
     config.data = dict(
-        name="shapes",              # "shapes" (generated) or "coco" (images folder + instances JSON)
-        seed=0,                     # shapes only: the generated data set
+        name="shapes",  # "shapes" (generated) or "coco" (images folder + instances JSON)
+        seed=0,  # shapes only: the generated data set
         train_samples=20000,
         val_samples=500,
         source_size=64,
         max_shapes=4,
-        train_images="",            # coco only
+        train_images="",  # coco only
         train_annotations="",
         val_images="",
         val_annotations="",
         class_names=DETECTION_CLASSES,  # coco: () takes the categories' names
-        max_boxes=8,                # box slots per image (static shapes); more boxes are dropped
+        max_boxes=8,  # box slots per image (static shapes); more boxes are dropped
         image_size=(64, 64),
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
-        scale_range=(1.0, 1.0),     # box-aware rescale + crop; (0.75, 1.25) suits real data
-        min_visible=0.5,            # a box cropped to less than this fraction of its area is dropped
+        scale_range=(1.0, 1.0),  # box-aware rescale + crop; (0.75, 1.25) suits real data
+        min_visible=0.5,  # a box cropped to less than this fraction of its area is dropped
         flip=True,
         jitter=0.0,
         skip_bad_samples=False,
@@ -51,9 +51,9 @@ def get_config():
     )
     config.model = dict(
         name="fcos",
-        widths=(16, 32, 64, 128),   # backbone stages, strides 2, 4, 8, 16
-        output_stride=4,            # the one FPN level the head predicts on
-        fpn=True,                   # False: the last stage alone, upsampled (the FPN ablation)
+        widths=(16, 32, 64, 128),  # backbone stages, strides 2, 4, 8, 16
+        output_stride=4,  # the one FPN level the head predicts on
+        fpn=True,  # False: the last stage alone, upsampled (the FPN ablation)
         fpn_width=64,
         head_width=64,
         head_convs=2,
@@ -65,7 +65,7 @@ def get_config():
         weights=dict(classes=1.0, box=1.0, centerness=1.0),
         focal_alpha=0.25,
         focal_gamma=2.0,
-        center_radius=1.5,          # FCOS center sampling, in units of the output stride
+        center_radius=1.5,  # FCOS center sampling, in units of the output stride
     )
     config.detection = dict(
         score_threshold=0.05,

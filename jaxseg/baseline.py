@@ -43,17 +43,25 @@ def ngram_table(config, workdir, *, orders=(2, 3, 4, 5), add_k: float = 0.01) ->
         for smoothing, options in (("add_k", dict(k=add_k)), ("kneser_ney", {})):
             try:
                 start = time.perf_counter()
-                model = NGramModel.fit(train_tokens, vocab_size=tokenizer.vocab_size, order=order, smoothing=smoothing,
-                                       **options)
+                model = NGramModel.fit(
+                    train_tokens, vocab_size=tokenizer.vocab_size, order=order, smoothing=smoothing, **options
+                )
                 log_probs = model.log_probs(val_tokens)[scored]
             except ValueError as error:  # e.g. V**order beyond int64 keys
                 print(f"order {order} {smoothing}: skipped ({error})")
                 continue
             nll = float(-log_probs.mean())
-            rows.append(dict(model=f"{order}-gram {smoothing}" + (f" (k={add_k})" if smoothing == "add_k" else ""),
-                             order=order, smoothing=smoothing, perplexity=math.exp(nll),
-                             bits_per_token=nll / math.log(2), tokens=int(log_probs.size),
-                             seconds=time.perf_counter() - start))
+            rows.append(
+                dict(
+                    model=f"{order}-gram {smoothing}" + (f" (k={add_k})" if smoothing == "add_k" else ""),
+                    order=order,
+                    smoothing=smoothing,
+                    perplexity=math.exp(nll),
+                    bits_per_token=nll / math.log(2),
+                    tokens=int(log_probs.size),
+                    seconds=time.perf_counter() - start,
+                )
+            )
     (Path(workdir) / "ngram.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 

@@ -43,8 +43,9 @@ def colourise(mask, num_classes: int, ignore_index=None) -> np.ndarray:
     return palette(num_classes)[index]
 
 
-def save_prediction_figure(path, images, labels, predictions, *, num_classes: int, ignore_index=None,
-                           class_names=None, max_images: int = 6) -> None:
+def save_prediction_figure(
+    path, images, labels, predictions, *, num_classes: int, ignore_index=None, class_names=None, max_images: int = 6
+) -> None:
     """A PNG grid: one column per image, rows image / ground truth / prediction."""
     import matplotlib
 
@@ -57,7 +58,9 @@ def save_prediction_figure(path, images, labels, predictions, *, num_classes: in
         image = np.asarray(images[i])[..., :3]
         rows = (image, colourise(labels[i], num_classes, ignore_index), colourise(predictions[i], num_classes))
         for row, (panel, title) in enumerate(zip(rows, ("image", "ground truth", "prediction"))):
-            axes[row, i].imshow(panel.squeeze() if panel.shape[-1] == 1 else panel, cmap="gray" if panel.shape[-1] == 1 else None)
+            axes[row, i].imshow(
+                panel.squeeze() if panel.shape[-1] == 1 else panel, cmap="gray" if panel.shape[-1] == 1 else None
+            )
             axes[row, i].axis("off")
             if i == 0:
                 axes[row, i].set_title(title, fontsize=9, loc="left")
@@ -94,8 +97,18 @@ def save_curves(path, records: list[dict], keys=("loss", "miou")) -> None:
     plt.close(figure)
 
 
-BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190))
+BOX_COLOURS = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 190),
+)
 
 
 def draw_boxes(image, boxes, classes, *, scores=None, class_names=None, scale: int = 1) -> np.ndarray:
@@ -118,8 +131,9 @@ def draw_boxes(image, boxes, classes, *, scores=None, class_names=None, scale: i
     return np.asarray(picture)
 
 
-def save_detection_figure(path, images, truth, detections, *, class_names=None, max_images: int = 6,
-                          scale: int = 4, min_score: float = 0.3) -> None:
+def save_detection_figure(
+    path, images, truth, detections, *, class_names=None, max_images: int = 6, scale: int = 4, min_score: float = 0.3
+) -> None:
     """A PNG grid: one column per image, rows ground-truth boxes / detections scoring at least
     `min_score` (with their scores).
 
@@ -136,10 +150,17 @@ def save_detection_figure(path, images, truth, detections, *, class_names=None, 
         real = np.asarray(truth["box_mask"][i], bool)
         found = np.asarray(detections.mask[i], bool) & (np.asarray(detections.scores[i]) >= min_score)
         panels = (
-            draw_boxes(images[i], truth["boxes"][i][real], truth["classes"][i][real], class_names=class_names,
-                       scale=scale),
-            draw_boxes(images[i], detections.boxes[i][found], detections.classes[i][found],
-                       scores=detections.scores[i][found], class_names=class_names, scale=scale),
+            draw_boxes(
+                images[i], truth["boxes"][i][real], truth["classes"][i][real], class_names=class_names, scale=scale
+            ),
+            draw_boxes(
+                images[i],
+                detections.boxes[i][found],
+                detections.classes[i][found],
+                scores=detections.scores[i][found],
+                class_names=class_names,
+                scale=scale,
+            ),
         )
         for row, (panel, title) in enumerate(zip(panels, ("ground truth", "detections"))):
             axes[row, i].imshow(panel)

@@ -54,8 +54,16 @@ class Decoder:
         return self._step(self.variables, state, np.int32(token), np.int32(position))
 
 
-def generate_ids(decoder: Decoder, prompt_ids, *, tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0) -> list[int]:
+def generate_ids(
+    decoder: Decoder,
+    prompt_ids,
+    *,
+    tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[int]:
     """`tokens` new token ids continuing `prompt_ids` (at least one id)."""
     from jaxseg.ops.sampling import sample_token
 
@@ -82,15 +90,24 @@ def generate_ids(decoder: Decoder, prompt_ids, *, tokens: int, temperature: floa
         if index == tokens - 1:
             break
         if decoder.context is not None and position == decoder.context:  # full: restart from the last half
-            state, logits, position = prefill(history[-(decoder.context // 2):])
+            state, logits, position = prefill(history[-(decoder.context // 2) :])
             continue
         state, logits = decoder.step(state, token, position)
         position += 1
     return new
 
 
-def generate_text(workdir, prompt: str, *, tokens: int = 200, temperature: float = 0.8, top_k: int = 0,
-                  top_p: float = 1.0, seed: int = 0, step="best") -> str:
+def generate_text(
+    workdir,
+    prompt: str,
+    *,
+    tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    step="best",
+) -> str:
     """The prompt followed by `tokens` sampled tokens, decoded to text."""
     from jaxseg.data.text import load_tokenizer
     from jaxseg.train.inference import restore
@@ -101,8 +118,7 @@ def generate_text(workdir, prompt: str, *, tokens: int = 200, temperature: float
     tokenizer = load_tokenizer(workdir, restored.config.data.tokenizer)
     decoder = Decoder(restored.graphdef, (restored.state.params, restored.state.model_state))
     prompt_ids = list(tokenizer.encode(prompt or "\n"))
-    new = generate_ids(decoder, prompt_ids, tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       seed=seed)
+    new = generate_ids(decoder, prompt_ids, tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     return (prompt or "") + tokenizer.decode(new)
 
 
@@ -121,8 +137,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    print(generate_text(FLAGS.workdir, FLAGS.prompt, tokens=FLAGS.tokens, temperature=FLAGS.temperature,
-                        top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed, step=FLAGS.step))
+    print(
+        generate_text(
+            FLAGS.workdir,
+            FLAGS.prompt,
+            tokens=FLAGS.tokens,
+            temperature=FLAGS.temperature,
+            top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p,
+            seed=FLAGS.seed,
+            step=FLAGS.step,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def sliding_window_probabilities(image, logits_fn, *, window, num_classes: int, 
     padded = np.pad(image, ((0, max(0, win_h - height)), (0, max(0, win_w - width)), (0, 0)))
     stride_h = max(1, int(win_h * (1 - overlap)))
     stride_w = max(1, int(win_w * (1 - overlap)))
-    corners = [(y, x) for y in window_starts(padded.shape[0], win_h, stride_h)
-               for x in window_starts(padded.shape[1], win_w, stride_w)]
+    corners = [
+        (y, x)
+        for y in window_starts(padded.shape[0], win_h, stride_h)
+        for x in window_starts(padded.shape[1], win_w, stride_w)
+    ]
     total = np.zeros(padded.shape[:2] + (num_classes,), np.float32)
     hits = np.zeros(padded.shape[:2] + (1,), np.float32)
     for begin in range(0, len(corners), batch_size):
@@ -62,8 +65,8 @@ def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
     import jax.numpy as jnp
 
     from jaxseg.data.augment import resize
-    from jaxseg.train.inference import predict_fn
     from jaxseg.figures import draw_boxes
+    from jaxseg.train.inference import predict_fn
 
     config, task = restored.config, restored.task
     height, width = config.data.image_size
@@ -76,20 +79,32 @@ def detect_files(restored, paths, out, *, min_score: float = 0.3) -> list[Path]:
         detections = jax.device_get(detect(restored.state, {"image": jnp.asarray(resized[None])}))
         keep = detections.mask[0] & (detections.scores[0] >= min_score)
         factor = np.asarray([image.shape[1] / width, image.shape[0] / height] * 2, np.float32)
-        boxes, classes, scores = detections.boxes[0][keep] * factor, detections.classes[0][keep], detections.scores[0][keep]
+        boxes, classes, scores = (
+            detections.boxes[0][keep] * factor,
+            detections.classes[0][keep],
+            detections.scores[0][keep],
+        )
         scale = max(1, 256 // max(image.shape[:2]))
         Image.fromarray(draw_boxes(image, boxes, classes, scores=scores, class_names=names, scale=scale)).save(
-            out / f"{path.stem}_boxes.png")
-        listed = [{"box_xyxy": [round(float(v), 2) for v in box], "class": names[int(c)], "class_id": int(c),
-                   "score": round(float(s), 4)} for box, c, s in zip(boxes, classes, scores)]
+            out / f"{path.stem}_boxes.png"
+        )
+        listed = [
+            {
+                "box_xyxy": [round(float(v), 2) for v in box],
+                "class": names[int(c)],
+                "class_id": int(c),
+                "score": round(float(s), 4),
+            }
+            for box, c, s in zip(boxes, classes, scores)
+        ]
         (out / f"{path.stem}_boxes.json").write_text(json.dumps(listed, indent=1) + "\n")
         written.append(out / f"{path.stem}_boxes.png")
     return written
 
 
 def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=16, min_score=0.3) -> list[Path]:
-    from jaxseg.train.inference import logits_fn, restore
     from jaxseg.figures import colourise
+    from jaxseg.train.inference import logits_fn, restore
 
     restored = restore(workdir, step)
     config = restored.config
@@ -109,8 +124,12 @@ def predict_files(workdir, paths, out, *, step="best", overlap=0.5, batch_size=1
     for path in map(Path, paths):
         image = np.asarray(Image.open(path).convert("RGB"))
         probabilities = sliding_window_probabilities(
-            image, apply, window=tuple(config.data.image_size), num_classes=config.num_classes,
-            overlap=overlap, batch_size=batch_size,
+            image,
+            apply,
+            window=tuple(config.data.image_size),
+            num_classes=config.num_classes,
+            overlap=overlap,
+            batch_size=batch_size,
         )
         labels = probabilities.argmax(-1).astype(np.uint8)
         Image.fromarray(colourise(labels, config.num_classes)).save(out / f"{path.stem}_mask.png")
@@ -133,8 +152,15 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give one or more image files")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    for path in predict_files(FLAGS.workdir, argv[1:], FLAGS.out, step=FLAGS.step, overlap=FLAGS.overlap,
-                              batch_size=FLAGS.batch_size, min_score=FLAGS.min_score):
+    for path in predict_files(
+        FLAGS.workdir,
+        argv[1:],
+        FLAGS.out,
+        step=FLAGS.step,
+        overlap=FLAGS.overlap,
+        batch_size=FLAGS.batch_size,
+        min_score=FLAGS.min_score,
+    ):
         print(path)
 
 

@@ -10,9 +10,7 @@ HEAVY = ("flax", "optax", "orbax", "grain", "tensorflow", "torch", "scipy", "mat
 
 def test_losses_import_without_framework_packages():
     code = (
-        "import sys, jaxseg.losses\n"
-        f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
-        "assert not loaded, loaded\n"
+        f"import sys, jaxseg.losses\nloaded = [m for m in {HEAVY!r} if m in sys.modules]\nassert not loaded, loaded\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -21,7 +21,9 @@ from jaxseg.models.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 NHWC = ("NHWC", "HWIO", "NHWC")
-needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN (e.g. libdnnl-dev) or a C++ compiler is missing")
+needs_onednn = pytest.mark.skipif(
+    not onednn.available(), reason="oneDNN (e.g. libdnnl-dev) or a C++ compiler is missing"
+)
 
 
 def lax_conv(x, kernel):
@@ -65,16 +67,19 @@ def test_auto_takes_onednn_where_it_runs(fresh_choice):
 
 
 @needs_onednn
-@pytest.mark.parametrize("x_shape, k_shape", [
-    ((2, 9, 7, 5), (3, 3, 5, 6)),
-    ((1, 8, 8, 3), (1, 1, 3, 4)),
-    ((2, 6, 10, 4), (5, 5, 4, 3)),
-    ((2, 8, 8, 4), (2, 2, 4, 3)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
-    ((2, 7, 9, 3), (1, 3, 3, 4)),  # non-square kernels: rows and columns padded differently
-    ((1, 6, 5, 2), (3, 2, 2, 3)),
-    ((1, 3, 4, 2), (5, 5, 2, 2)),  # a kernel larger than the image
-    ((3, 16, 16, 32), (3, 3, 32, 16)),
-])
+@pytest.mark.parametrize(
+    "x_shape, k_shape",
+    [
+        ((2, 9, 7, 5), (3, 3, 5, 6)),
+        ((1, 8, 8, 3), (1, 1, 3, 4)),
+        ((2, 6, 10, 4), (5, 5, 4, 3)),
+        ((2, 8, 8, 4), (2, 2, 4, 3)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
+        ((2, 7, 9, 3), (1, 3, 3, 4)),  # non-square kernels: rows and columns padded differently
+        ((1, 6, 5, 2), (3, 2, 2, 3)),
+        ((1, 3, 4, 2), (5, 5, 2, 2)),  # a kernel larger than the image
+        ((3, 16, 16, 32), (3, 3, 32, 16)),
+    ],
+)
 def test_values_and_gradients_match_xla(x_shape, k_shape):
     kx, kk, kw = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, x_shape)
@@ -102,14 +107,16 @@ def test_vmap_over_a_member_axis_matches_each_member():
 def test_conv_general_dilated_covers_float32_stride_one_same_convolutions():
     x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
     route = lambda x, k, strides=(1, 1), padding="SAME": onednn.conv_general_dilated(  # noqa: E731
-        x, k, strides, padding, dimension_numbers=NHWC)
+        x, k, strides, padding, dimension_numbers=NHWC
+    )
     assert uses_ffi(route, x, k)
     assert not uses_ffi(route, x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))  # float32 only
     assert not uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
     assert not uses_ffi(lambda x, k: route(x, k, padding="VALID"), x, k)
     for strides, padding in [((2, 2), "SAME"), ((1, 1), "VALID")]:  # what XLA keeps, it computes as lax does
-        np.testing.assert_array_equal(route(x, k, strides, padding),
-                                      jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC))
+        np.testing.assert_array_equal(
+            route(x, k, strides, padding), jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+        )
 
 
 @needs_onednn
@@ -122,6 +129,7 @@ def test_a_unet_gives_the_same_loss_and_gradients_on_onednn_and_on_xla():
         def loss(params):
             logits = nnx.merge(graphdef, params, rest, copy=True)(images, train=True)
             return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
         return loss, params
 
     loss, params = loss_of(conv_general_dilated=onednn.conv_general_dilated)
@@ -147,8 +155,10 @@ def test_a_missing_compiler_or_a_failed_build_says_so(monkeypatch, tmp_path):
         onednn.build(tmp_path / "conv.so")
     # A compiler that writes part of its output, then fails with a message.
     failing = tmp_path / "failing-c++"
-    failing.write_text('#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done; echo partial > "$2"\n'
-                       'echo "conv.cc:1: error: no oneapi/dnnl/dnnl.hpp" >&2; exit 1\n')
+    failing.write_text(
+        '#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done; echo partial > "$2"\n'
+        'echo "conv.cc:1: error: no oneapi/dnnl/dnnl.hpp" >&2; exit 1\n'
+    )
     failing.chmod(0o755)
     monkeypatch.setenv("CXX", str(failing))
     with pytest.raises(onednn.OneDnnUnavailable, match="building onednn_conv.cc failed .*no oneapi/dnnl/dnnl.hpp"):
@@ -180,7 +190,9 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
 @needs_onednn
 def test_the_handlers_check_shapes():
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
-    with pytest.raises(Exception, match=r"shapes do not fit: x \[1, 4, 4, 2\], kernel \[3, 3, 2, 3\], output \[1, 4, 4, 5\]"):
+    with pytest.raises(
+        Exception, match=r"shapes do not fit: x \[1, 4, 4, 2\], kernel \[3, 3, 2, 3\], output \[1, 4, 4, 5\]"
+    ):
         jax.block_until_ready(onednn._call("forward", (1, 4, 4, 5), x, kernel))
 
 

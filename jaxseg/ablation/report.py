@@ -52,13 +52,18 @@ def member_table(workdir) -> tuple[list[dict], Ranking]:
         val = [r for r in records if r.get("member") == member.name and r["split"] == "val"]
         train = [r for r in records if r.get("member") == member.name and r["split"] == "train"]
         best = choose(val, key=lambda r: r[ranking.key]) if val else None
-        rows.append({
-            "member": member.name, "overrides": describe(member),
-            "best": best[ranking.key] if best else None, "best_step": best["step"] if best else None,
-            "final": val[-1][ranking.key] if val else None, "final_iou": val[-1].get("iou") if val else None,
-            "final_train_loss": train[-1]["loss"] if train else None,
-            "steps": max((r["step"] for r in train), default=0),
-        })
+        rows.append(
+            {
+                "member": member.name,
+                "overrides": describe(member),
+                "best": best[ranking.key] if best else None,
+                "best_step": best["step"] if best else None,
+                "final": val[-1][ranking.key] if val else None,
+                "final_iou": val[-1].get("iou") if val else None,
+                "final_train_loss": train[-1]["loss"] if train else None,
+                "steps": max((r["step"] for r in train), default=0),
+            }
+        )
     return rows, ranking
 
 
@@ -66,15 +71,20 @@ def markdown(rows: list[dict], ranking: Ranking = Ranking()) -> str:
     number = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     classes = max((len(r["final_iou"] or []) for r in rows), default=0)
     name = "mIoU" if ranking.key == "miou" else ranking.key
-    header = (["member", "overrides", f"best val {name} (step)", f"final val {name}"]
-              + [f"IoU {c}" for c in range(classes)] + ["steps"])
+    header = (
+        ["member", "overrides", f"best val {name} (step)", f"final val {name}"]
+        + [f"IoU {c}" for c in range(classes)]
+        + ["steps"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     sign = -1.0 if ranking.higher_is_better else 1.0
     order = sorted(rows, key=lambda r: float("inf") if r["best"] is None else sign * r["best"])
     for r in order:
         best = f"{number(r['best'])} ({r['best_step']})" if r["best"] is not None else ""
         ious = [number(v) for v in (r["final_iou"] or [])] + [""] * (classes - len(r["final_iou"] or []))
-        lines.append("| " + " | ".join([r["member"], r["overrides"], best, number(r["final"]), *ious, str(r["steps"])]) + " |")
+        lines.append(
+            "| " + " | ".join([r["member"], r["overrides"], best, number(r["final"]), *ious, str(r["steps"])]) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,8 +100,11 @@ def plot(workdir, path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for member in members:
         for ax, split, key in ((axes[0], "val", ranking.key), (axes[1], "train", "loss")):
-            points = [(r["step"], r[key]) for r in records
-                      if r.get("member") == member.name and r["split"] == split and r.get(key) is not None]
+            points = [
+                (r["step"], r[key])
+                for r in records
+                if r.get("member") == member.name and r["split"] == split and r.get(key) is not None
+            ]
             if points:
                 ax.plot(*zip(*points), label=member.name, marker="o" if split == "val" else None, markersize=3)
     name = "mIoU" if ranking.key == "miou" else ranking.key

@@ -53,11 +53,13 @@ def over_members(fn, strategy: str, in_axes: tuple, member_fns=None):
     if strategy == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
     if strategy == "unroll":
+
         def unrolled(*args):
             count = members_of([a for a, axis in zip(args, in_axes) if axis == 0])
             fns = member_fns if member_fns is not None and len(member_fns) == count else [fn] * count
             member = lambda m: (a if axis is None else take(a, m) for a, axis in zip(args, in_axes))  # noqa: E731
             return stack([fns[m](*member(m)) for m in range(count)])
+
         return unrolled
     raise ValueError(f"unknown member strategy {strategy!r}")
 
@@ -68,6 +70,9 @@ def shard_members(fn, mesh, in_member: tuple[bool, ...], out_member):
     (a pytree prefix of bools)."""
     spec = lambda split: P(MEMBER_AXIS) if split else P()  # noqa: E731
     return jax.shard_map(
-        fn, mesh=mesh, axis_names={MEMBER_AXIS},
-        in_specs=tuple(spec(s) for s in in_member), out_specs=jax.tree.map(spec, out_member),
+        fn,
+        mesh=mesh,
+        axis_names={MEMBER_AXIS},
+        in_specs=tuple(spec(s) for s in in_member),
+        out_specs=jax.tree.map(spec, out_member),
     )

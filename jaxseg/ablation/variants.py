@@ -66,8 +66,10 @@ def members(config) -> list[Member]:
     ablation = config.get("ablation")
     if not ablation or not (ablation.get("variants") or ablation.get("grid")):
         return []
-    variants = [Member(str(name), flatten(overrides, config))
-                for name, overrides in dict(ablation.get("variants") or {}).items()]
+    variants = [
+        Member(str(name), flatten(overrides, config))
+        for name, overrides in dict(ablation.get("variants") or {}).items()
+    ]
     grid = flatten(ablation.get("grid") or {}, config)
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
@@ -140,5 +142,6 @@ def member_setup(config, members: list[Member], task, workdir) -> MemberSetup:
         hp["seed"] = jnp.int32(config.seed if same_init else config.seed + index)
     stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *hps)
     weight_decays = [c.optim.weight_decay if c.optim.name != "adam" else 0.0 for c in configs]
-    return MemberSetup(configs, stacked, [int(hp["seed"]) for hp in hps], weight_decays,
-                       None if None in active_terms else active_terms)
+    return MemberSetup(
+        configs, stacked, [int(hp["seed"]) for hp in hps], weight_decays, None if None in active_terms else active_terms
+    )

@@ -67,8 +67,9 @@ def augment(example, rng, *, size, scale_range=(0.75, 1.25), flip=True, jitter=0
     if flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     if jitter > 0:
-        image = photometric_jitter(image, rng, brightness=jitter, contrast=jitter, saturation=jitter,
-                                   colour_channels=min(3, image.shape[-1]))
+        image = photometric_jitter(
+            image, rng, brightness=jitter, contrast=jitter, saturation=jitter, colour_channels=min(3, image.shape[-1])
+        )
     return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label).astype(np.int32)}
 
 

@@ -95,8 +95,12 @@ def _packed(image, boxes, classes, max_boxes: int):
     padded_boxes[:count] = boxes
     padded_classes = np.full(max_boxes, -1, np.int32)
     padded_classes[:count] = classes
-    return {"image": np.ascontiguousarray(image, dtype=np.uint8), "boxes": padded_boxes, "classes": padded_classes,
-            "box_mask": np.arange(max_boxes) < count}
+    return {
+        "image": np.ascontiguousarray(image, dtype=np.uint8),
+        "boxes": padded_boxes,
+        "classes": padded_classes,
+        "box_mask": np.arange(max_boxes) < count,
+    }
 
 
 def _area(boxes):

@@ -76,8 +76,10 @@ class CocoSource:
             if annotation.get("image_id") not in row_of:
                 raise ValueError(f"{name} refers to image id {annotation.get('image_id')}, which is not in 'images'")
             if annotation.get("category_id") not in class_of:
-                raise ValueError(f"{name} refers to category id {annotation.get('category_id')}, which is not in "
-                                 f"'categories' {self.category_ids}")
+                raise ValueError(
+                    f"{name} refers to category id {annotation.get('category_id')}, which is not in "
+                    f"'categories' {self.category_ids}"
+                )
             bbox = annotation.get("bbox")
             if bbox is None or len(bbox) != 4 or min(bbox[2:]) < 0:
                 raise ValueError(f"{name}: bbox must be [x, y, width, height] with sizes >= 0; got {bbox}")
@@ -92,9 +94,15 @@ class CocoSource:
         overflowing = [i for i, b in enumerate(boxes) if len(b) > max_boxes]
         if overflowing:
             first = overflowing[0]
-            log.warning("%s: %d images have more than max_boxes=%d boxes (the first: %s with %d); each keeps its "
-                        "first %d", where, len(overflowing), max_boxes, self.items[first][0], len(boxes[first]),
-                        max_boxes)
+            log.warning(
+                "%s: %d images have more than max_boxes=%d boxes (the first: %s with %d); each keeps its first %d",
+                where,
+                len(overflowing),
+                max_boxes,
+                self.items[first][0],
+                len(boxes[first]),
+                max_boxes,
+            )
         self._boxes = [np.array(b[:max_boxes], np.float64).reshape(-1, 4) for b in boxes]
         self._classes = [np.array(c[:max_boxes], np.int32) for c in classes]
         self._annotation_ids = [a[:max_boxes] for a in annotation_ids]
@@ -108,8 +116,9 @@ class CocoSource:
             raise ValueError(f"{self.annotations_file}: not valid JSON ({error})") from error
         missing = [key for key in ("images", "categories") if not isinstance(dataset, dict) or key not in dataset]
         if missing:
-            raise ValueError(f"{self.annotations_file}: a COCO instances file needs 'images' and 'categories'; "
-                             f"missing {missing}")
+            raise ValueError(
+                f"{self.annotations_file}: a COCO instances file needs 'images' and 'categories'; missing {missing}"
+            )
         for key, fields in (("images", ("id", "file_name")), ("categories", ("id",))):
             for i, record in enumerate(dataset[key]):
                 if not isinstance(record, dict) or any(field not in record for field in fields):
@@ -126,16 +135,20 @@ class CocoSource:
         image = np.asarray(_open(path).convert("RGB"))
         height, width = image.shape[:2]
         if self._sizes[index] not in ((None, None), (height, width)):
-            raise ValueError(f"{path}: image is {height}x{width} but {self.annotations_file} says "
-                             f"{self._sizes[index][0]}x{self._sizes[index][1]}")
+            raise ValueError(
+                f"{path}: image is {height}x{width} but {self.annotations_file} says "
+                f"{self._sizes[index][0]}x{self._sizes[index][1]}"
+            )
         boxes, classes = self._boxes[index], self._classes[index]
         limit = np.array([width, height, width, height])
         outside = ((boxes < -1) | (boxes > limit + 1)).any(axis=1)
         if outside.any():
             first = int(np.argmax(outside))
-            raise ValueError(f"{path}: box {boxes[first].tolist()} (xyxy) of annotation "
-                             f"{self._annotation_ids[index][first]} in {self.annotations_file} lies more than a "
-                             f"pixel outside the {height}x{width} image")
+            raise ValueError(
+                f"{path}: box {boxes[first].tolist()} (xyxy) of annotation "
+                f"{self._annotation_ids[index][first]} in {self.annotations_file} lies more than a "
+                f"pixel outside the {height}x{width} image"
+            )
         boxes = np.clip(boxes, 0, limit)  # within a pixel: clipped to the image
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         count = int(keep.sum())
@@ -143,8 +156,12 @@ class CocoSource:
         padded_boxes[:count] = boxes[keep]
         padded_classes = np.full(self.max_boxes, -1, np.int32)
         padded_classes[:count] = classes[keep]
-        return {"image": image, "boxes": padded_boxes, "classes": padded_classes,
-                "box_mask": np.arange(self.max_boxes) < count}
+        return {
+            "image": image,
+            "boxes": padded_boxes,
+            "classes": padded_classes,
+            "box_mask": np.arange(self.max_boxes) < count,
+        }
 
     def __repr__(self) -> str:
         return f"CocoSource({self.annotations_file}, {len(self)} images, {self.num_classes} classes)"

@@ -61,7 +61,9 @@ class FolderSource:
                 raise FileNotFoundError(f"{split_file}: no image/mask pair for {missing[:5]} ({len(missing)} missing)")
             stems = wanted
         if not stems:
-            raise FileNotFoundError(f"no image/mask pairs with matching stems under {self.root}/{{{images_dir},{masks_dir}}}")
+            raise FileNotFoundError(
+                f"no image/mask pairs with matching stems under {self.root}/{{{images_dir},{masks_dir}}}"
+            )
         for name, extra in zip(extra_dirs, extras):
             missing = [s for s in stems if s not in extra]
             if missing:
@@ -82,7 +84,9 @@ class FolderSource:
         if mask.ndim != 2:
             raise ValueError(f"{mask_path}: masks must be single-channel class ids; got shape {mask.shape}")
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}")
+            raise ValueError(
+                f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}"
+            )
         labelled = mask != self.ignore_index if self.ignore_index is not None else np.ones(mask.shape, bool)
         outside = labelled & ((mask < 0) | (mask >= self.num_classes))
         if outside.any():

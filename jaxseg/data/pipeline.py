@@ -21,7 +21,6 @@ import numpy as np
 from jaxseg.data.augment import augment, fit
 from jaxseg.losses.distance_maps import signed_distance_maps
 
-
 log = logging.getLogger("jaxseg")
 
 
@@ -54,8 +53,9 @@ def check_example(example, where: str, *, channels: int | None = None) -> dict:
         raise ValueError(f"{where}: a sample needs 'image' and 'label'; got keys {sorted(example)}")
     image, label = check_image(image, where, channels=channels), np.asarray(label)
     if not np.issubdtype(label.dtype, np.integer) or label.shape != image.shape[:2]:
-        raise ValueError(f"{where}: label must be integer [H, W] = {list(image.shape[:2])}; got {label.dtype} "
-                         f"{list(label.shape)}")
+        raise ValueError(
+            f"{where}: label must be integer [H, W] = {list(image.shape[:2])}; got {label.dtype} {list(label.shape)}"
+        )
     return example
 
 
@@ -159,16 +159,26 @@ def train_dataset(
         source = _Indexed(source, sample_indices)
     dataset = grain.MapDataset.source(source)
     if len(dataset) < batch_size * process_count:
-        raise ValueError(f"{len(dataset)} training samples are fewer than the global batch size {batch_size * process_count}")
+        raise ValueError(
+            f"{len(dataset)} training samples are fewer than the global batch size {batch_size * process_count}"
+        )
     dataset = dataset.shuffle(seed=seed).repeat(None)
     if transform is None:
-        transform = functools.partial(augment, size=tuple(image_size), scale_range=tuple(scale_range), flip=flip,
-                                      jitter=jitter, ignore_index=ignore_index)
+        transform = functools.partial(
+            augment,
+            size=tuple(image_size),
+            scale_range=tuple(scale_range),
+            flip=flip,
+            jitter=jitter,
+            ignore_index=ignore_index,
+        )
     dataset = dataset.random_map(lambda example, rng: transform(example, rng), seed=seed)
     # Sliced after the random map: an element's augmentation depends on its global position.
     dataset = dataset[process_index::process_count]
     if distance_maps_for:
-        dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
+        dataset = dataset.map(
+            functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index)
+        )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     if isinstance(source, SkippingSource) or isinstance(getattr(source, "source", None), SkippingSource):
         # Skipped samples are None: only an IterDataset can batch around the gaps.
@@ -182,9 +192,18 @@ def _with_distance_maps(example, *, num_classes: int, ignore_index):
     return dict(example, distance=distances)
 
 
-def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_index: int = 255,
-                 process_index: int = 0, process_count: int = 1, distance_maps_for: int | None = None,
-                 transform=None, fill: dict | None = None):
+def eval_batches(
+    source,
+    *,
+    batch_size: int,
+    image_size: Sequence[int],
+    ignore_index: int = 255,
+    process_index: int = 0,
+    process_count: int = 1,
+    distance_maps_for: int | None = None,
+    transform=None,
+    fill: dict | None = None,
+):
     """A finite list-like sequence of batches covering this process's share once.
 
     `transform(example)` is the preprocessing (default: the segmentation `fit` to
@@ -198,7 +217,9 @@ def eval_batches(source, *, batch_size: int, image_size: Sequence[int], ignore_i
     dataset = grain.MapDataset.source(source)[process_index::process_count]
     dataset = dataset.map(transform or functools.partial(fit, size=tuple(image_size)))
     if distance_maps_for:
-        dataset = dataset.map(functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index))
+        dataset = dataset.map(
+            functools.partial(_with_distance_maps, num_classes=distance_maps_for, ignore_index=ignore_index)
+        )
     fill = {"label": ignore_index if ignore_index is not None else 0} if fill is None else fill
     batches = dataset.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, fill=fill))
     per_process = -(-len(source) // process_count)

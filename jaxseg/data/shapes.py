@@ -47,7 +47,10 @@ def _shape_mask(kind: str, rng, yy, xx, size, *, inside: bool = False):
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         return (np.abs(u) < radius * rng.uniform(0.6, 1.0)) & (np.abs(v) < radius * rng.uniform(0.5, 1.0))
-    corners = [(cx + radius * np.cos(angle + k * 2 * np.pi / 3), cy + radius * np.sin(angle + k * 2 * np.pi / 3)) for k in range(3)]
+    corners = [
+        (cx + radius * np.cos(angle + k * 2 * np.pi / 3), cy + radius * np.sin(angle + k * 2 * np.pi / 3))
+        for k in range(3)
+    ]
     triangle = np.ones_like(yy, dtype=bool)  # on the inner side of all three edges
     for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
         triangle &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) > 0
@@ -110,12 +113,21 @@ class ShapesSource:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.num_samples}, split={self.split!r}, seed={self.seed}, {self.options})"
 
+
 DETECTION_CLASSES = CLASSES[1:]  # detection has no background class: ids 0..3
 DETECTION_STREAM = 7  # keeps the detection samples' random stream apart from segmentation's
 
 
-def make_detection_sample(seed: int, split: str, index: int, *, size: int = 64, max_shapes: int = 4,
-                          max_boxes: int | None = None, attempts: int = 20):
+def make_detection_sample(
+    seed: int,
+    split: str,
+    index: int,
+    *,
+    size: int = 64,
+    max_shapes: int = 4,
+    max_boxes: int | None = None,
+    attempts: int = 20,
+):
     """One detection sample: `image` uint8 `[size, size, 3]`, `boxes` float32 `[max_boxes, 4]`
     (xyxy, the tight box of each shape's pixels), `classes` int32 (-1 for padding rows) and
     `box_mask`. Between 1 and `max_shapes` shapes lie wholly inside the image and do not touch
@@ -148,8 +160,12 @@ def make_detection_sample(seed: int, split: str, index: int, *, size: int = 64, 
         classes[count] = kind
         count += 1
     image = image + rng.normal(0.0, 0.05, image.shape).astype(np.float32)
-    return {"image": (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8), "boxes": boxes,
-            "classes": classes, "box_mask": classes >= 0}
+    return {
+        "image": (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8),
+        "boxes": boxes,
+        "classes": classes,
+        "box_mask": classes >= 0,
+    }
 
 
 def _grow(mask):

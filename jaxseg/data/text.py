@@ -66,13 +66,15 @@ def corpus_documents(corpus: str) -> list[str]:
         documents = [_read_text(f) for f in files]
     elif path.is_file():
         lines = _read_text(path).splitlines(keepends=True)
-        documents = ["".join(lines[i:i + LINES_PER_DOCUMENT]) for i in range(0, len(lines), LINES_PER_DOCUMENT)]
+        documents = ["".join(lines[i : i + LINES_PER_DOCUMENT]) for i in range(0, len(lines), LINES_PER_DOCUMENT)]
     else:
         raise FileNotFoundError(f"config.data.corpus={corpus!r} is neither 'kjv', a folder nor a file")
     documents = [d for d in documents if d.strip()]
     if len(documents) < 2:
-        raise ValueError(f"config.data.corpus={corpus!r} holds {len(documents)} non-empty documents; "
-                         "a train/validation split needs at least 2")
+        raise ValueError(
+            f"config.data.corpus={corpus!r} holds {len(documents)} non-empty documents; "
+            "a train/validation split needs at least 2"
+        )
     return documents
 
 
@@ -83,8 +85,10 @@ def split_documents(documents: list[str], *, val_fraction: float, seed: int) -> 
         raise ValueError(f"config.data.val_fraction must lie in (0, 1); got {val_fraction}")
     count = min(max(1, round(len(documents) * val_fraction)), len(documents) - 1)
     held_out = set(np.random.default_rng(seed).choice(len(documents), count, replace=False).tolist())
-    return ([d for i, d in enumerate(documents) if i not in held_out],
-            [d for i, d in enumerate(documents) if i in held_out])
+    return (
+        [d for i, d in enumerate(documents) if i not in held_out],
+        [d for i, d in enumerate(documents) if i in held_out],
+    )
 
 
 class ByteTokenizer:
@@ -113,8 +117,9 @@ class BPETokenizer:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
         tokenizer.train_from_iterator(texts, trainer)
         return cls(tokenizer)
 
@@ -192,11 +197,20 @@ class _RandomWindows:
     def window(self, index, rng) -> dict:
         last_start = len(self.tokens) - self.length - 1
         start = min(int(index) * self.length + int(rng.integers(self.length)), last_start)
-        return {"tokens": self.tokens[start:start + self.length + 1]}
+        return {"tokens": self.tokens[start : start + self.length + 1]}
 
 
-def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, num_threads: int = 2, prefetch: int = 8):
+def train_dataset(
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 8,
+):
     """An infinite, reshuffled-every-epoch stream of `[batch_size, seq_len + 1]` windows.
 
     Windows tile the stream with stride `seq_len`, each shifted by a random offset below
@@ -204,8 +218,10 @@ def train_dataset(tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: in
     in `jaxseg.data.pipeline.train_dataset`)."""
     windows = _RandomWindows(np.asarray(tokens, np.int32), seq_len)
     if len(windows) < batch_size * process_count:
-        raise ValueError(f"{len(tokens)} training tokens make {len(windows)} windows of {seq_len}, fewer than the "
-                         f"global batch size {batch_size * process_count}")
+        raise ValueError(
+            f"{len(tokens)} training tokens make {len(windows)} windows of {seq_len}, fewer than the "
+            f"global batch size {batch_size * process_count}"
+        )
     dataset = grain.MapDataset.source(windows).shuffle(seed=seed).repeat(None)
     dataset = dataset.random_map(lambda index, rng: windows.window(index, rng), seed=seed)
     dataset = dataset[process_index::process_count].batch(batch_size, drop_remainder=True)
@@ -224,7 +240,7 @@ class _Windows:
 
     def __getitem__(self, index: int) -> dict:
         start = index * self.length
-        return {"tokens": self.tokens[start:start + self.length + 1]}
+        return {"tokens": self.tokens[start : start + self.length + 1]}
 
 
 def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, process_index: int = 0, process_count: int = 1):
@@ -232,8 +248,10 @@ def eval_batches(tokens: np.ndarray, *, seq_len: int, batch_size: int, process_i
     batches on every process."""
     windows = _Windows(np.asarray(tokens, np.int32), seq_len)
     if len(windows) < process_count:
-        raise ValueError(f"{len(tokens)} validation tokens make {len(windows)} windows of {seq_len}, fewer than "
-                         f"{process_count} processes")
+        raise ValueError(
+            f"{len(tokens)} validation tokens make {len(windows)} windows of {seq_len}, fewer than "
+            f"{process_count} processes"
+        )
     dataset = grain.MapDataset.source(windows)[process_index::process_count]
     batches = dataset.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, fill={}))
     per_process = -(-len(windows) // process_count)

@@ -41,7 +41,7 @@ def onednn_obstacle() -> str | None:
 
 @functools.cache  # backend and devices are fixed per process: decide (and log) once
 def resolve(name: str) -> str:
-    """"xla" or "onednn" for `config.kernels = name` in this process."""
+    """ "xla" or "onednn" for `config.kernels = name` in this process."""
     if name not in KERNELS:
         raise ValueError(f"config.kernels must be one of {KERNELS}; got {name!r}")
     if name == "xla":

@@ -73,16 +73,28 @@ def build(target: Path) -> Path:
     except OSError as error:
         raise OneDnnUnavailable(f"cannot write to {target.parent} (set JAXSEG_CACHE_DIR): {error}") from error
     partial = Path(name)
-    command = [compiler(), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial), "-ldnnl"]
+    command = [
+        compiler(),
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-w",
+        f"-I{jax.ffi.include_dir()}",
+        str(SOURCE),
+        "-o",
+        str(partial),
+        "-ldnnl",
+    ]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(partial, target)
     except subprocess.CalledProcessError as error:
         lines = error.stderr.strip().splitlines()
         reason = [line for line in lines if "error" in line][:2] or lines[-3:] or [f"exit status {error.returncode}"]
-        raise OneDnnUnavailable(f"building {SOURCE.name} failed (is oneDNN 2.x installed, e.g. libdnnl-dev?): "
-                                + " | ".join(reason)) from error
+        raise OneDnnUnavailable(
+            f"building {SOURCE.name} failed (is oneDNN 2.x installed, e.g. libdnnl-dev?): " + " | ".join(reason)
+        ) from error
     except OSError as error:  # no such compiler, not executable, rename failed
         raise OneDnnUnavailable(f"running the C++ compiler {command[0]!r} failed (set CXX): {error}") from error
     finally:
@@ -122,8 +134,9 @@ def _register_once() -> str | None:
     except OneDnnUnavailable as error:
         return str(error)
     for name, symbol in HANDLERS.items():
-        jax.ffi.register_ffi_target(f"jaxseg_onednn_conv_{name}", jax.ffi.pycapsule(getattr(library, symbol)),
-                                    platform="cpu")
+        jax.ffi.register_ffi_target(
+            f"jaxseg_onednn_conv_{name}", jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
+        )
     return None
 
 
@@ -184,21 +197,52 @@ def _ones(values) -> bool:
     return values is None or all(v == 1 for v in values)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None, **options):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    **options,
+):
     """`lax.conv_general_dilated` (the `conv_general_dilated` of `nnx.Conv`) with what `conv2d`
     covers sent to oneDNN: float32 stride-1 "SAME" ungrouped NHWC 2-D convolutions of a
     non-empty batch. Every other convolution (strided, VALID, bfloat16, grouped, with an output
     sharding) is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
     covered = (
-        padding == "SAME" and lhs.ndim == 4 and _is_nhwc(dimension_numbers) and _ones(window_strides)
-        and _ones(lhs_dilation) and _ones(rhs_dilation) and feature_group_count == 1 and batch_group_count == 1
-        and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.size > 0
-        and preferred_element_type in (None, jnp.float32) and options.get("out_sharding") is None
+        padding == "SAME"
+        and lhs.ndim == 4
+        and _is_nhwc(dimension_numbers)
+        and _ones(window_strides)
+        and _ones(lhs_dilation)
+        and _ones(rhs_dilation)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and lhs.dtype == jnp.float32
+        and rhs.dtype == jnp.float32
+        and lhs.size > 0
+        and preferred_element_type in (None, jnp.float32)
+        and options.get("out_sharding") is None
     )
     if covered:
         return conv2d(lhs, rhs)
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                                    feature_group_count, batch_group_count, precision, preferred_element_type,
-                                    **options)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+        **options,
+    )

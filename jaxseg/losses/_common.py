@@ -108,9 +108,7 @@ def check_class_labels(logits, labels) -> None:
     expected = logits_shape[:-1] if integer else logits_shape
     if labels_shape != expected:
         kind = "integer labels" if integer else "float targets"
-        raise ValueError(
-            f"{kind} must have shape {expected} for logits {logits_shape}; got {labels_shape}"
-        )
+        raise ValueError(f"{kind} must have shape {expected} for logits {logits_shape}; got {labels_shape}")
 
 
 def elementwise_targets(logits, labels, mode: str):

@@ -144,7 +144,13 @@ _softmax_stats.defvjp(_softmax_stats_fwd, _softmax_stats_bwd, symbolic_zeros=Tru
 
 
 def softmax_stats(
-    logits, labels, valid, *, other_lse: bool = False, class_sums: bool = False, per_image: bool = False,
+    logits,
+    labels,
+    valid,
+    *,
+    other_lse: bool = False,
+    class_sums: bool = False,
+    per_image: bool = False,
     weight_map=None,
 ):
     """Softmax reductions of float32 `logits` `[B, ..., C]` with int `labels` `[B, ...]`.

@@ -55,7 +55,8 @@ def spatial_derivative(x, valid, axis: int, spatial_axes: Sequence[int], operato
         for other in spatial_axes:
             if other != axis:
                 derivative = (
-                    _window(derivative, other, 0, 2) + 2.0 * _window(derivative, other, 1, 1)
+                    _window(derivative, other, 0, 2)
+                    + 2.0 * _window(derivative, other, 1, 1)
                     + _window(derivative, other, 2, 0)
                 ) / 4.0
                 weight = _footprint(weight, other, 3)

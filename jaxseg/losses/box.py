@@ -17,7 +17,7 @@ from jaxseg.ops.boxes import as_boxes, box_area, enclosing_box, intersection_uni
 
 
 def reduce_mean_sum(loss, reduction: str):
-    """"none" as is, "sum", or "mean" over all elements (0 for an empty array, as torchvision)."""
+    """ "none" as is, "sum", or "mean" over all elements (0 for an empty array, as torchvision)."""
     return reduce_weighted(loss, jnp.ones_like(loss), reduction)
 
 

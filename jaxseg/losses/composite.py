@@ -87,7 +87,11 @@ def segmentation_loss(
     stats = None
     if t.labels is not None:
         stats = label_stats(
-            x, t, other_lse="focal" in weights, class_sums=bool(region_terms), per_image=per_image,
+            x,
+            t,
+            other_lse="focal" in weights,
+            class_sums=bool(region_terms),
+            per_image=per_image,
             weight_map=weight_map,
         )
         lse = stats.lse
@@ -159,6 +163,14 @@ class SegmentationLoss:
 
 jax.tree_util.register_dataclass(
     SegmentationLoss,
-    data_fields=["weights", "class_weights", "label_smoothing", "focal_gamma", "tversky_alpha", "tversky_beta", "dice_smooth"],
+    data_fields=[
+        "weights",
+        "class_weights",
+        "label_smoothing",
+        "focal_gamma",
+        "tversky_alpha",
+        "tversky_beta",
+        "dice_smooth",
+    ],
     meta_fields=["ignore_index", "per_image", "gradient_operator", "gradient_p", "boundary_classes"],
 )

@@ -9,8 +9,18 @@ from jaxseg.losses.classification import sigmoid_cross_entropy, sigmoid_focal_lo
 from jaxseg.ops.fcos import Targets, distances_to_boxes
 
 
-def fcos_loss(class_logits, distances, centerness_logits, targets: Targets, points, *, alpha=0.25, gamma=2.0,
-              weights=(1.0, 1.0, 1.0), image_mask=None):
+def fcos_loss(
+    class_logits,
+    distances,
+    centerness_logits,
+    targets: Targets,
+    points,
+    *,
+    alpha=0.25,
+    gamma=2.0,
+    weights=(1.0, 1.0, 1.0),
+    image_mask=None,
+):
     """The FCOS objective (Tian et al. 2019) over a batch, as (total, terms).
 
     - `classes`: `torchvision.ops.sigmoid_focal_loss` of every (location, class), summed and
@@ -28,7 +38,9 @@ def fcos_loss(class_logits, distances, centerness_logits, targets: Targets, poin
       image_mask: optional `[B]` weights (0 for padding images).
     """
     class_logits = jnp.asarray(class_logits, jnp.float32)
-    image_mask = jnp.ones(class_logits.shape[:1], jnp.float32) if image_mask is None else jnp.asarray(image_mask, jnp.float32)
+    image_mask = (
+        jnp.ones(class_logits.shape[:1], jnp.float32) if image_mask is None else jnp.asarray(image_mask, jnp.float32)
+    )
     positive = targets.positive.astype(jnp.float32) * image_mask[:, None]
     num_positive = jnp.maximum(jnp.sum(positive), 1.0)
     focal = sigmoid_focal_loss(class_logits, targets.classes, alpha=alpha, gamma=gamma, reduction="none")

@@ -41,9 +41,10 @@ def signed_distance_maps(
         if not inside.any() or inside.all():
             continue
         outside = ~inside
-        out[..., k] = ndimage.distance_transform_edt(outside, sampling=spacing) * outside - (
-            ndimage.distance_transform_edt(inside, sampling=spacing) - 1.0
-        ) * inside
+        out[..., k] = (
+            ndimage.distance_transform_edt(outside, sampling=spacing) * outside
+            - (ndimage.distance_transform_edt(inside, sampling=spacing) - 1.0) * inside
+        )
     if ignore_index is not None:
         out[labels == ignore_index] = 0.0
     return out

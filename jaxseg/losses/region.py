@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jaxseg.losses._common import (
     MODES,
     REDUCTIONS,
+    ClassTargets,
     as_float32,
     check_choice,
-    ClassTargets,
     check_class_labels,
     class_targets,
     elementwise_targets,
@@ -155,8 +155,14 @@ def _region_loss(logits, labels, *, mode, from_logits, ignore_index, mask, reduc
     if options["classes"] is not None and mode == "binary":
         raise ValueError("classes selects channels; binary mode has one channel")
     stats = region_overlap(
-        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
-        per_image=per_image, squared=squared,
+        logits,
+        labels,
+        mode=mode,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        mask=mask,
+        per_image=per_image,
+        squared=squared,
     )
     return reduce_per_image(tversky_family_loss(stats, **options), reduction)
 
@@ -199,9 +205,22 @@ def dice_loss(
     Classes absent from the target get loss 0 but stay in the class mean (smp).
     """
     return _region_loss(
-        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
-        reduction=reduction, alpha=0.5, beta=0.5, classes=classes, log_loss=log_loss, smooth=smooth,
-        eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+        logits,
+        labels,
+        mode=mode,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        mask=mask,
+        reduction=reduction,
+        alpha=0.5,
+        beta=0.5,
+        classes=classes,
+        log_loss=log_loss,
+        smooth=smooth,
+        eps=eps,
+        class_weights=class_weights,
+        per_image=per_image,
+        squared=squared,
     )
 
 
@@ -227,9 +246,22 @@ def jaccard_loss(
     Options as `dice_loss` (ignore_index as on smp main).
     """
     return _region_loss(
-        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
-        reduction=reduction, alpha=1.0, beta=1.0, classes=classes, log_loss=log_loss, smooth=smooth,
-        eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+        logits,
+        labels,
+        mode=mode,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        mask=mask,
+        reduction=reduction,
+        alpha=1.0,
+        beta=1.0,
+        classes=classes,
+        log_loss=log_loss,
+        smooth=smooth,
+        eps=eps,
+        class_weights=class_weights,
+        per_image=per_image,
+        squared=squared,
     )
 
 
@@ -260,9 +292,23 @@ def tversky_loss(
     Options as `dice_loss`; alpha, beta and gamma may be arrays (traced).
     """
     return _region_loss(
-        logits, labels, mode=mode, from_logits=from_logits, ignore_index=ignore_index, mask=mask,
-        reduction=reduction, alpha=alpha, beta=beta, gamma=gamma, classes=classes, log_loss=log_loss,
-        smooth=smooth, eps=eps, class_weights=class_weights, per_image=per_image, squared=squared,
+        logits,
+        labels,
+        mode=mode,
+        from_logits=from_logits,
+        ignore_index=ignore_index,
+        mask=mask,
+        reduction=reduction,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        classes=classes,
+        log_loss=log_loss,
+        smooth=smooth,
+        eps=eps,
+        class_weights=class_weights,
+        per_image=per_image,
+        squared=squared,
     )
 
 
@@ -323,4 +369,3 @@ def generalized_dice_loss(
         stats, weight_type=weight_type, smooth_nr=smooth_nr, smooth_dr=smooth_dr, include_background=include_background
     )
     return reduce_per_image(loss, reduction)
-

@@ -55,8 +55,13 @@ def _from_stats(lse, label_logit, sum_logits, max_logit, valid, vocab: int, labe
     if reduction == "none":
         return TokenLoss(loss, nll * valid, z_term * valid, tokens, correct)
     denominator = jnp.maximum(tokens, 1.0) if reduction == "mean" else 1.0
-    return TokenLoss(jnp.sum(loss) / denominator, jnp.sum(nll * valid) / denominator,
-                     jnp.sum(z_term * valid) / denominator, tokens, jnp.sum(correct))
+    return TokenLoss(
+        jnp.sum(loss) / denominator,
+        jnp.sum(nll * valid) / denominator,
+        jnp.sum(z_term * valid) / denominator,
+        tokens,
+        jnp.sum(correct),
+    )
 
 
 def _check_targets(targets, leading_shape, what: str):
@@ -66,8 +71,9 @@ def _check_targets(targets, leading_shape, what: str):
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal the {what} shape {tuple(leading_shape)}")
 
 
-def token_cross_entropy(logits, targets, *, ignore_index=None, mask=None, label_smoothing=0.0, z_loss=0.0,
-                        reduction: str = "mean") -> TokenLoss:
+def token_cross_entropy(
+    logits, targets, *, ignore_index=None, mask=None, label_smoothing=0.0, z_loss=0.0, reduction: str = "mean"
+) -> TokenLoss:
     """Cross-entropy of next-token logits `[..., V]` against integer `targets` `[...]`.
 
     torch semantics for `ignore_index` and `label_smoothing` (`(1 - eps) * nll + eps *
@@ -81,7 +87,9 @@ def token_cross_entropy(logits, targets, *, ignore_index=None, mask=None, label_
     lse = logsumexp(x)
     safe = jnp.clip(targets, 0, x.shape[-1] - 1)
     label_logit = jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
-    sum_logits = jnp.sum(x, axis=-1) if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0) else None
+    sum_logits = (
+        jnp.sum(x, axis=-1) if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0) else None
+    )
     valid = _valid_tokens(targets, ignore_index, mask)
     max_logit = jnp.max(x, axis=-1)
     return _from_stats(lse, label_logit, sum_logits, max_logit, valid, x.shape[-1], label_smoothing, z_loss, reduction)
@@ -146,7 +154,9 @@ def _linear_stats_forward(h, w, b, targets, vocab, token_block, vocab_block):
             return (new_max, running_sum, label_logit, sum_logits), None
 
         start = (jnp.full((token_block,), -jnp.inf, jnp.float32),) + (jnp.zeros((token_block,), jnp.float32),) * 3
-        (running_max, running_sum, label_logit, sum_logits), _ = jax.lax.scan(vocab_step, start, jnp.arange(vocab_blocks))
+        (running_max, running_sum, label_logit, sum_logits), _ = jax.lax.scan(
+            vocab_step, start, jnp.arange(vocab_blocks)
+        )
         return running_max + jnp.log(running_sum), label_logit, sum_logits, running_max
 
     stats = jax.lax.map(token_chunk, (h.reshape(tokens, token_block, -1), targets.reshape(tokens, token_block)))
@@ -173,7 +183,9 @@ def _linear_stats_backward(vocab, token_block, vocab_block, residuals, cotangent
             logits = _block_logits(h_block, w_block, b_block)
             probabilities = jnp.where(real, jnp.exp(logits - take(lse)), 0.0)
             hit = columns[None, :] == t_block[:, None]
-            d_logits = take(g_lse) * probabilities + jnp.where(hit, take(g_label), 0.0) + jnp.where(real, take(g_sum), 0.0)
+            d_logits = (
+                take(g_lse) * probabilities + jnp.where(hit, take(g_label), 0.0) + jnp.where(real, take(g_sum), 0.0)
+            )
             dh_block = jnp.matmul(d_logits.astype(w.dtype), w_block.T, preferred_element_type=jnp.float32)
             dh_rows = jax.lax.dynamic_slice_in_dim(dh, t * token_block, token_block) + dh_block
             dh = jax.lax.dynamic_update_slice_in_dim(dh, dh_rows, t * token_block, axis=0)
@@ -197,8 +209,19 @@ def _linear_stats_backward(vocab, token_block, vocab_block, residuals, cotangent
 _linear_stats.defvjp(_linear_stats_forward, _linear_stats_backward)
 
 
-def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=None, mask=None, label_smoothing=0.0,
-                         z_loss=0.0, chunk_size=(1024, 4096), reduction: str = "mean") -> TokenLoss:
+def linear_cross_entropy(
+    hidden,
+    weight,
+    targets,
+    *,
+    bias=None,
+    ignore_index=None,
+    mask=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    chunk_size=(1024, 4096),
+    reduction: str = "mean",
+) -> TokenLoss:
     """`token_cross_entropy(hidden @ weight + bias, targets, ...)` without the logits in memory.
 
     Args:
@@ -215,8 +238,10 @@ def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=Non
     """
     check_choice("reduction", reduction, REDUCTIONS)
     if weight.ndim != 2 or hidden.shape[-1] != weight.shape[0]:
-        raise ValueError(f"hidden {tuple(hidden.shape)} @ weight {tuple(weight.shape)}: weight must be [D, V] with "
-                         f"D = hidden.shape[-1]")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} @ weight {tuple(weight.shape)}: weight must be [D, V] with "
+            f"D = hidden.shape[-1]"
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[1],):
         raise ValueError(f"bias shape {tuple(bias.shape)} must be ({weight.shape[1]},)")
     _check_targets(targets, hidden.shape[:-1], "hidden states' leading")
@@ -228,12 +253,17 @@ def linear_cross_entropy(hidden, weight, targets, *, bias=None, ignore_index=Non
     vocab_block, vocab_blocks = _blocks(vocab, vocab_chunk)
     padded_tokens = token_block * token_blocks
     lse, label_logit, sum_logits, max_logit = _linear_stats(
-        _pad(h, 0, padded_tokens), _pad(weight, 1, vocab_block * vocab_blocks),
+        _pad(h, 0, padded_tokens),
+        _pad(weight, 1, vocab_block * vocab_blocks),
         None if bias is None else _pad(bias, 0, vocab_block * vocab_blocks),
-        _pad(flat_targets, 0, padded_tokens), vocab, token_block, vocab_block,
+        _pad(flat_targets, 0, padded_tokens),
+        vocab,
+        token_block,
+        vocab_block,
     )
     n = h.shape[0]
     lse, label_logit, sum_logits, max_logit = (
-        s[:n].reshape(leading) for s in (lse, label_logit, sum_logits, jax.lax.stop_gradient(max_logit)))
+        s[:n].reshape(leading) for s in (lse, label_logit, sum_logits, jax.lax.stop_gradient(max_logit))
+    )
     valid = _valid_tokens(jnp.asarray(targets), ignore_index, mask)
     return _from_stats(lse, label_logit, sum_logits, max_logit, valid, vocab, label_smoothing, z_loss, reduction)

@@ -52,8 +52,19 @@ class CocoEvaluator:
         self._detections: list[np.ndarray] = []  # rows [image_id, x, y, w, h, score, category_id]
         self._image_ids: set[int] = set()
 
-    def add(self, gt_boxes, gt_classes, gt_mask, det_boxes, det_scores, det_classes, det_mask, *,
-            image_valid=None, image_ids=None) -> None:
+    def add(
+        self,
+        gt_boxes,
+        gt_classes,
+        gt_mask,
+        det_boxes,
+        det_scores,
+        det_classes,
+        det_mask,
+        *,
+        image_valid=None,
+        image_ids=None,
+    ) -> None:
         """Add one batch of B images.
 
         Args:
@@ -69,14 +80,21 @@ class CocoEvaluator:
         gt_mask, det_mask = np.asarray(gt_mask, bool), np.asarray(det_mask, bool)
         det_scores = np.asarray(det_scores, np.float64)
         batch, m, k = gt_boxes.shape[0], gt_boxes.shape[1], det_boxes.shape[1]
-        expected = {"gt_boxes": (gt_boxes, (batch, m, 4)), "gt_classes": (gt_classes, (batch, m)),
-                    "gt_mask": (gt_mask, (batch, m)), "det_boxes": (det_boxes, (batch, k, 4)),
-                    "det_scores": (det_scores, (batch, k)), "det_classes": (det_classes, (batch, k)),
-                    "det_mask": (det_mask, (batch, k))}
+        expected = {
+            "gt_boxes": (gt_boxes, (batch, m, 4)),
+            "gt_classes": (gt_classes, (batch, m)),
+            "gt_mask": (gt_mask, (batch, m)),
+            "det_boxes": (det_boxes, (batch, k, 4)),
+            "det_scores": (det_scores, (batch, k)),
+            "det_classes": (det_classes, (batch, k)),
+            "det_mask": (det_mask, (batch, k)),
+        }
         for name, (array, shape) in expected.items():
             if array.shape != shape:
-                raise ValueError(f"{name} must have shape {list(shape)} (B, M from gt_boxes, K from det_boxes); "
-                                 f"got {list(array.shape)}")
+                raise ValueError(
+                    f"{name} must have shape {list(shape)} (B, M from gt_boxes, K from det_boxes); "
+                    f"got {list(array.shape)}"
+                )
         valid = np.ones(batch, bool) if image_valid is None else np.asarray(image_valid, bool).reshape(batch)
         if image_ids is None:
             ids = max(self._image_ids, default=0) + 1 + np.arange(batch)
@@ -90,11 +108,16 @@ class CocoEvaluator:
             self._images.append({"id": image_id})
             classes = self._checked(gt_classes[b][gt_mask[b]], "gt_classes", int(b))
             for box, category in zip(_xywh(gt_boxes[b][gt_mask[b]]), classes):
-                self._ground_truth.append({
-                    "id": len(self._ground_truth) + 1,  # COCOeval takes id 0 for "unmatched"
-                    "image_id": image_id, "category_id": int(category) + 1, "bbox": box.tolist(),
-                    "area": float(box[2] * box[3]), "iscrowd": 0,
-                })
+                self._ground_truth.append(
+                    {
+                        "id": len(self._ground_truth) + 1,  # COCOeval takes id 0 for "unmatched"
+                        "image_id": image_id,
+                        "category_id": int(category) + 1,
+                        "bbox": box.tolist(),
+                        "area": float(box[2] * box[3]),
+                        "iscrowd": 0,
+                    }
+                )
             scores = det_scores[b][det_mask[b]]
             top = np.argsort(-scores, kind="stable")[: self.max_detections]
             classes = self._checked(det_classes[b][det_mask[b]][top], "det_classes", int(b))
@@ -104,8 +127,10 @@ class CocoEvaluator:
     def _checked(self, classes, name: str, row: int):
         bad = (classes < 0) | (classes >= len(self.class_names))
         if bad.any():
-            raise ValueError(f"{name} must be in [0, {len(self.class_names)}) where the mask is True; "
-                             f"got {classes[bad][:5].tolist()} in batch row {row}")
+            raise ValueError(
+                f"{name} must be in [0, {len(self.class_names)}) where the mask is True; "
+                f"got {classes[bad][:5].tolist()} in batch row {row}"
+            )
         return classes.astype(np.int64)
 
     def coco_eval(self) -> COCOeval:
@@ -158,9 +183,16 @@ def coco_map(ground_truth: dict, detections: dict, class_names: Sequence[str], *
       detections: `boxes` `[N, K, 4]`, `scores` `[N, K]`, `classes` `[N, K]`, `box_mask` `[N, K]`.
     """
     evaluator = CocoEvaluator(class_names, max_detections=max_detections)
-    evaluator.add(ground_truth["boxes"], ground_truth["classes"], ground_truth["box_mask"],
-                  detections["boxes"], detections["scores"], detections["classes"], detections["box_mask"],
-                  image_valid=ground_truth.get("valid"))
+    evaluator.add(
+        ground_truth["boxes"],
+        ground_truth["classes"],
+        ground_truth["box_mask"],
+        detections["boxes"],
+        detections["scores"],
+        detections["classes"],
+        detections["box_mask"],
+        image_valid=ground_truth.get("valid"),
+    )
     return evaluator.result()
 
 

@@ -26,8 +26,16 @@ MAX_LOG_DISTANCE = 10.0  # exp(10) * stride is far beyond any image: the clip on
 
 class ConvNormReLU(nnx.Module):
     def __init__(self, in_features, features, *, strides=1, norm, groups, dtype, conv_general_dilated, rngs: nnx.Rngs):
-        self.conv = conv(in_features, features, (3, 3), strides=strides, use_bias=norm == "none", dtype=dtype,
-                         conv_general_dilated=conv_general_dilated, rngs=rngs)
+        self.conv = conv(
+            in_features,
+            features,
+            (3, 3),
+            strides=strides,
+            use_bias=norm == "none",
+            dtype=dtype,
+            conv_general_dilated=conv_general_dilated,
+            rngs=rngs,
+        )
         self.norm = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool):
@@ -50,10 +58,25 @@ class FCOSDetector(nnx.Module):
       conv_general_dilated: the convolution of every `nnx.Conv` (`jaxseg.kernels.convolution`).
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, widths=(16, 32, 64, 128), output_stride: int = 4,
-                 fpn: bool = True, fpn_width: int = 64, head_width: int = 64, head_convs: int = 2, norm: str = "batch",
-                 head_norm: str = "group", groups: int = 8, prior: float = 0.01, dtype=jnp.float32,
-                 conv_general_dilated: ConvFunction = lax.conv_general_dilated, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        widths=(16, 32, 64, 128),
+        output_stride: int = 4,
+        fpn: bool = True,
+        fpn_width: int = 64,
+        head_width: int = 64,
+        head_convs: int = 2,
+        norm: str = "batch",
+        head_norm: str = "group",
+        groups: int = 8,
+        prior: float = 0.01,
+        dtype=jnp.float32,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
+        rngs: nnx.Rngs,
+    ):
         strides = [2 ** (i + 1) for i in range(len(widths))]
         if output_stride not in strides:
             raise ValueError(f"output_stride={output_stride} must be a backbone stage stride {strides}")
@@ -61,16 +84,31 @@ class FCOSDetector(nnx.Module):
         self.first_level = strides.index(output_stride)
         convs = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
         options = dict(groups=groups, **convs)
-        self.stages = nnx.List([
-            nnx.List([ConvNormReLU(in_channels if i == 0 else widths[i - 1], w, strides=2, norm=norm, **options),
-                      ConvNormReLU(w, w, norm=norm, **options)])
-            for i, w in enumerate(widths)
-        ])
-        used = widths[self.first_level:] if fpn else widths[-1:]
+        self.stages = nnx.List(
+            [
+                nnx.List(
+                    [
+                        ConvNormReLU(in_channels if i == 0 else widths[i - 1], w, strides=2, norm=norm, **options),
+                        ConvNormReLU(w, w, norm=norm, **options),
+                    ]
+                )
+                for i, w in enumerate(widths)
+            ]
+        )
+        used = widths[self.first_level :] if fpn else widths[-1:]
         self.laterals = nnx.List([conv(w, fpn_width, (1, 1), **convs) for w in used])
         self.smooth = ConvNormReLU(fpn_width, fpn_width, norm=norm, **options)
-        tower = lambda: nnx.List([ConvNormReLU(fpn_width if i == 0 else head_width, head_width, norm=head_norm,  # noqa: E731
-                                               **options) for i in range(head_convs)])
+        tower = lambda: nnx.List(
+            [
+                ConvNormReLU(
+                    fpn_width if i == 0 else head_width,
+                    head_width,
+                    norm=head_norm,  # noqa: E731
+                    **options,
+                )
+                for i in range(head_convs)
+            ]
+        )
         self.class_tower, self.box_tower = tower(), tower()
         bias = -math.log((1 - prior) / prior)
         self.class_out = conv(head_width, num_classes, (3, 3), bias_init=nnx.initializers.constant(bias), **convs)
@@ -81,13 +119,14 @@ class FCOSDetector(nnx.Module):
         """The fused FPN map `[B, H / s, W / s, fpn_width]` at the output stride `s`."""
         stride = 2 ** len(self.stages)
         if x.shape[1] % stride or x.shape[2] % stride:
-            raise ValueError(f"FCOSDetector with {len(self.stages)} stages needs H and W divisible by {stride}; "
-                             f"got {x.shape[1:3]}")
+            raise ValueError(
+                f"FCOSDetector with {len(self.stages)} stages needs H and W divisible by {stride}; got {x.shape[1:3]}"
+            )
         maps = []
         for first, second in self.stages:
             x = second(first(x, train=train), train=train)
             maps.append(x)
-        maps = maps[self.first_level:]
+        maps = maps[self.first_level :]
         fused = self.laterals[-1](maps[-1])
         if len(self.laterals) == 1:  # no FPN: the last stage, upsampled
             factor = 2 ** (len(maps) - 1)

@@ -37,8 +37,9 @@ class FCN(nnx.Module):
         widths = [base_width * 2**i for i in range(stages)]
         self.stages = stages
         convs = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
-        self.convs = nnx.List([conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), **convs)
-                               for i, w in enumerate(widths)])
+        self.convs = nnx.List(
+            [conv(in_channels if i == 0 else widths[i - 1], w, (3, 3), **convs) for i, w in enumerate(widths)]
+        )
         self.norms = nnx.List([make_norm(norm, w, groups=groups, dtype=dtype, rngs=rngs) for w in widths])
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
         self.score_last = conv(widths[-1], num_classes, (1, 1), **convs)
@@ -50,8 +51,8 @@ class FCN(nnx.Module):
             raise ValueError(f"FCN with {self.stages} stages needs H and W divisible by {stride}; got {x.shape[1:3]}")
         size = x.shape[1:3]
         features = []
-        for conv, norm in zip(self.convs, self.norms):
-            x = nnx.relu(apply_norm(norm, conv(x), train))
+        for layer, norm in zip(self.convs, self.norms):
+            x = nnx.relu(apply_norm(norm, layer(x), train))
             x = max_pool_2x2(x)
             features.append(x)
         last = features[-1]

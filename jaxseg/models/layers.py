@@ -17,8 +17,9 @@ NORMS = ("batch", "group", "none")
 ConvFunction = Callable  # the signature of `lax.conv_general_dilated`
 
 
-def conv(in_features, features, kernel_size, *, conv_general_dilated: ConvFunction = lax.conv_general_dilated,
-         **options) -> nnx.Conv:
+def conv(
+    in_features, features, kernel_size, *, conv_general_dilated: ConvFunction = lax.conv_general_dilated, **options
+) -> nnx.Conv:
     """`nnx.Conv` computing with `conv_general_dilated`."""
     return nnx.Conv(in_features, features, kernel_size, conv_general_dilated=conv_general_dilated, **options)
 

@@ -121,10 +121,7 @@ class NGramModel:
         counts = [_continuation_counts(raw[n][0], n, vocab_size) for n in range(1, order)]
         counts.append(raw[-1])
         levels = tuple(_level(keys, c, vocab_size) for keys, c in counts)
-        discounts = tuple(
-            _estimate_discount(level.counts) if discount is None else float(discount)
-            for level in levels
-        )
+        discounts = tuple(_estimate_discount(level.counts) if discount is None else float(discount) for level in levels)
         return cls(vocab_size, order, smoothing, float(k), discounts, levels)
 
     def log_probs(self, tokens: np.ndarray) -> np.ndarray:
@@ -145,8 +142,7 @@ class NGramModel:
             if self.smoothing == "add_k":
                 probs[n:] = _add_k_probs(level, keys, self.vocab_size, self.k)
             else:
-                probs[n:] = _kneser_ney_probs(level, keys, self.vocab_size, self.discounts[n],
-                                              lower=probs[n:])
+                probs[n:] = _kneser_ney_probs(level, keys, self.vocab_size, self.discounts[n], lower=probs[n:])
         return np.log(probs)
 
     def perplexity(self, tokens: np.ndarray) -> float:
@@ -195,9 +191,7 @@ def _check_tokens(tokens, vocab_size: int) -> np.ndarray:
     if low < 0 or high >= vocab_size:
         bad = low if low < 0 else high
         position = int(np.argmax(tokens == bad))
-        raise ValueError(
-            f"tokens must be in [0, {vocab_size}) (vocab_size); got {bad} at position {position}"
-        )
+        raise ValueError(f"tokens must be in [0, {vocab_size}) (vocab_size); got {bad} at position {position}")
     return tokens.astype(np.int64)
 
 
@@ -258,8 +252,9 @@ def _add_k_probs(level: _Level, keys: np.ndarray, vocab_size: int, k: float) -> 
     return (count + k) / (total + k * vocab_size)
 
 
-def _kneser_ney_probs(level: _Level, keys: np.ndarray, vocab_size: int, discount: float,
-                      lower: np.ndarray) -> np.ndarray:
+def _kneser_ney_probs(
+    level: _Level, keys: np.ndarray, vocab_size: int, discount: float, lower: np.ndarray
+) -> np.ndarray:
     """One interpolated Kneser-Ney level given `lower`, P_{n-1}(w | h') of the same n-grams."""
     history = keys // vocab_size
     (count,) = _lookup(level.keys, keys, level.counts)

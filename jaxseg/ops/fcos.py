@@ -72,8 +72,9 @@ def centerness(distances):
     return jnp.sqrt(horizontal * vertical)
 
 
-def assign_targets(points, boxes, classes, box_mask, *, num_classes: int, stride: float,
-                   center_radius: float = 1.5) -> Targets:
+def assign_targets(
+    points, boxes, classes, box_mask, *, num_classes: int, stride: float, center_radius: float = 1.5
+) -> Targets:
     """FCOS targets of one image: a location is positive for a box when it lies inside the box
     and within `center_radius * stride` of the box's centre ("center sampling"); a location
     positive for several boxes takes the smallest. Padding slots (`box_mask` False) match
@@ -106,8 +107,18 @@ def assign_targets(points, boxes, classes, box_mask, *, num_classes: int, stride
     )
 
 
-def detect(class_logits, distances, centerness_logits, points, *, image_size, score_threshold: float = 0.05,
-           iou_threshold: float = 0.6, pre_nms_top_k: int = 200, max_detections: int = 50) -> Detections:
+def detect(
+    class_logits,
+    distances,
+    centerness_logits,
+    points,
+    *,
+    image_size,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.6,
+    pre_nms_top_k: int = 200,
+    max_detections: int = 50,
+) -> Detections:
     """Detections of one image from the head's outputs: score `sqrt(sigmoid(class) *
     sigmoid(centerness))` for every (location, class), the `pre_nms_top_k` best, boxes clipped
     to `image_size` `(height, width)`, then per-class NMS at `iou_threshold` and
@@ -118,13 +129,21 @@ def detect(class_logits, distances, centerness_logits, points, *, image_size, sc
     """
     class_logits = jnp.asarray(class_logits, jnp.float32)
     num_classes = class_logits.shape[-1]
-    scores = jnp.sqrt(jax.nn.sigmoid(class_logits) * jax.nn.sigmoid(jnp.asarray(centerness_logits, jnp.float32))[:, None])
+    scores = jnp.sqrt(
+        jax.nn.sigmoid(class_logits) * jax.nn.sigmoid(jnp.asarray(centerness_logits, jnp.float32))[:, None]
+    )
     top_k = min(pre_nms_top_k, scores.size)
     top_scores, flat = jax.lax.top_k(scores.ravel(), top_k)
     where, classes = flat // num_classes, flat % num_classes
     boxes = clip_boxes(distances_to_boxes(points[where], jnp.asarray(distances, jnp.float32)[where]), image_size)
-    keep, valid = batched_nms(boxes, top_scores, classes, iou_threshold=iou_threshold, max_outputs=max_detections,
-                              score_threshold=score_threshold)
+    keep, valid = batched_nms(
+        boxes,
+        top_scores,
+        classes,
+        iou_threshold=iou_threshold,
+        max_outputs=max_detections,
+        score_threshold=score_threshold,
+    )
     return Detections(
         boxes=jnp.where(valid[:, None], boxes[keep], 0.0),
         scores=jnp.where(valid, top_scores[keep], 0.0),

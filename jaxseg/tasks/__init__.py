@@ -55,6 +55,7 @@ def checked_sources(config, sources, **check_options):
         train, val = SkippingSource(train), SkippingSource(val)
         skipped_samples = lambda: train.skipped + val.skipped  # noqa: E731
     if train.num_classes != config.num_classes:
-        raise ValueError(f"config.num_classes={config.num_classes} but the {config.data.name} data has "
-                         f"{train.num_classes} classes")
+        raise ValueError(
+            f"config.num_classes={config.num_classes} but the {config.data.name} data has {train.num_classes} classes"
+        )
     return train, val, skipped_samples

@@ -38,14 +38,17 @@ def check_example(example, where: str, *, channels: int | None = None, max_boxes
     `classes` integer `[M]`, `box_mask` bool `[M]`."""
     missing = {"image", "boxes", "classes", "box_mask"} - set(example)
     if missing:
-        raise ValueError(f"{where}: a detection sample needs image, boxes, classes and box_mask; "
-                         f"missing {sorted(missing)}")
+        raise ValueError(
+            f"{where}: a detection sample needs image, boxes, classes and box_mask; missing {sorted(missing)}"
+        )
     check_image(example["image"], where, channels=channels)
     boxes, classes, box_mask = (np.asarray(example[key]) for key in ("boxes", "classes", "box_mask"))
     slots = boxes.shape[0] if boxes.ndim == 2 else -1
     if boxes.ndim != 2 or boxes.shape[1] != 4 or classes.shape != (slots,) or box_mask.shape != (slots,):
-        raise ValueError(f"{where}: boxes must be [M, 4] with classes and box_mask [M]; got boxes "
-                         f"{list(boxes.shape)}, classes {list(classes.shape)}, box_mask {list(box_mask.shape)}")
+        raise ValueError(
+            f"{where}: boxes must be [M, 4] with classes and box_mask [M]; got boxes "
+            f"{list(boxes.shape)}, classes {list(classes.shape)}, box_mask {list(box_mask.shape)}"
+        )
     if max_boxes is not None and slots != max_boxes:
         raise ValueError(f"{where}: {slots} box slots; config.data.max_boxes is {max_boxes}")
     real = boxes[box_mask.astype(bool)]
@@ -59,12 +62,16 @@ def make_sources(config) -> tuple[Any, Any]:
     data = config.data
     if data.name == "shapes":
         options = dict(seed=data.seed, size=data.source_size, max_shapes=data.max_shapes, max_boxes=data.max_boxes)
-        return (ShapeBoxesSource(data.train_samples, split="train", **options),
-                ShapeBoxesSource(data.val_samples, split="val", **options))
+        return (
+            ShapeBoxesSource(data.train_samples, split="train", **options),
+            ShapeBoxesSource(data.val_samples, split="val", **options),
+        )
     if data.name == "coco":
         options = dict(max_boxes=data.max_boxes, class_names=tuple(data.class_names) or None)
-        return (CocoSource(data.train_images, data.train_annotations, **options),
-                CocoSource(data.val_images, data.val_annotations, **options))
+        return (
+            CocoSource(data.train_images, data.train_annotations, **options),
+            CocoSource(data.val_images, data.val_annotations, **options),
+        )
     raise ValueError(f"config.data.name must be one of {DATASETS}; got {data.name!r}")
 
 
@@ -88,13 +95,32 @@ def make_data(config, workdir) -> Data:
         # with each checkpoint (evaluate, predict) take the names from here.
         config.data.class_names = tuple(train_source.class_names)
     size = tuple(config.data.image_size)
-    augment = functools.partial(augment_detection, size=size, scale_range=tuple(config.data.scale_range),
-                                flip=config.data.flip, jitter=config.data.jitter, min_visible=config.data.min_visible)
+    augment = functools.partial(
+        augment_detection,
+        size=size,
+        scale_range=tuple(config.data.scale_range),
+        flip=config.data.flip,
+        jitter=config.data.jitter,
+        min_visible=config.data.min_visible,
+    )
     shared = dict(image_size=size, process_index=jax.process_index(), process_count=jax.process_count())
-    train = iter(train_dataset(train_source, batch_size=process_share(config.train, "batch_size"), seed=config.seed,
-                               num_threads=config.data.num_threads, transform=augment, **shared))
-    val = eval_batches(val_source, batch_size=process_share(config.train, "eval_batch_size"),
-                       transform=functools.partial(fit_detection, size=size), fill=PADDING, **shared)
+    train = iter(
+        train_dataset(
+            train_source,
+            batch_size=process_share(config.train, "batch_size"),
+            seed=config.seed,
+            num_threads=config.data.num_threads,
+            transform=augment,
+            **shared,
+        )
+    )
+    val = eval_batches(
+        val_source,
+        batch_size=process_share(config.train, "eval_batch_size"),
+        transform=functools.partial(fit_detection, size=size),
+        fill=PADDING,
+        **shared,
+    )
     return Data(train, val, tuple(train_source.class_names), skipped_samples)
 
 
@@ -108,8 +134,10 @@ def hyperparameters(config, data: Data | None = None) -> dict:
     """The train step's `hp`: the loss term weights and the L1 penalty, as arrays."""
     del data
     weights = config.loss.weights
-    return {"loss_weights": jnp.asarray([weights.classes, weights.box, weights.centerness], jnp.float32),
-            "l1": jnp.float32(config.optim.l1)}
+    return {
+        "loss_weights": jnp.asarray([weights.classes, weights.box, weights.centerness], jnp.float32),
+        "l1": jnp.float32(config.optim.l1),
+    }
 
 
 class Task(base.Task):
@@ -129,7 +157,9 @@ class Task(base.Task):
         self.image_size = tuple(config.data.image_size)
         stride = config.model.output_stride
         if self.image_size[0] % stride or self.image_size[1] % stride:
-            raise ValueError(f"config.data.image_size {self.image_size} must divide by config.model.output_stride={stride}")
+            raise ValueError(
+                f"config.data.image_size {self.image_size} must divide by config.model.output_stride={stride}"
+            )
         self.stride = stride
         self.points = np.asarray(fcos.locations(self.image_size[0] // stride, self.image_size[1] // stride, stride))
         self.loss_options = dict(alpha=config.loss.focal_alpha, gamma=config.loss.focal_gamma)
@@ -155,24 +185,37 @@ class Task(base.Task):
         return model(normalize(batch["image"], self.mean, self.std), train=train, key=key)
 
     def targets(self, batch) -> fcos.Targets:
-        assign = functools.partial(fcos.assign_targets, jnp.asarray(self.points), num_classes=self.num_classes,
-                                   stride=self.stride, center_radius=self.center_radius)
+        assign = functools.partial(
+            fcos.assign_targets,
+            jnp.asarray(self.points),
+            num_classes=self.num_classes,
+            stride=self.stride,
+            center_radius=self.center_radius,
+        )
         return jax.vmap(assign)(batch["boxes"], batch["classes"], batch["box_mask"])
 
     def loss(self, outputs, batch, hp, *, mask=None):
         """(total, terms) of the FCOS loss; `mask` `[B]` excludes padding images."""
         weights = hp["loss_weights"]
-        return fcos_loss(outputs["classes"], outputs["distances"], outputs["centerness"], self.targets(batch),
-                         jnp.asarray(self.points), weights=(weights[0], weights[1], weights[2]), image_mask=mask,
-                         **self.loss_options)
+        return fcos_loss(
+            outputs["classes"],
+            outputs["distances"],
+            outputs["centerness"],
+            self.targets(batch),
+            jnp.asarray(self.points),
+            weights=(weights[0], weights[1], weights[2]),
+            image_mask=mask,
+            **self.loss_options,
+        )
 
     def metrics(self, outputs, batch, *, mask=None):
         return {}
 
     def predict(self, outputs) -> fcos.Detections:
         """Decoded detections per image (score threshold, per-class NMS, fixed count)."""
-        detect = functools.partial(fcos.detect, points=jnp.asarray(self.points), image_size=self.image_size,
-                                   **self.detection_options)
+        detect = functools.partial(
+            fcos.detect, points=jnp.asarray(self.points), image_size=self.image_size, **self.detection_options
+        )
         return jax.vmap(detect)(outputs["classes"], outputs["distances"], outputs["centerness"])  # type: ignore[call-arg]
 
     def check_batch(self, batch, step) -> None:
@@ -181,9 +224,13 @@ class Task(base.Task):
 
         classes, mask = batch["classes"], batch["box_mask"]
         ok = jnp.where(mask, (classes >= 0) & (classes < self.num_classes), True)
-        checkify.check(jnp.all(ok), f"step {{step}}: box classes outside [0, {self.num_classes}): min {{low}}, "
-                       f"max {{high}}", step=step, low=jnp.min(jnp.where(mask, classes, jnp.iinfo(classes.dtype).max)),
-                       high=jnp.max(jnp.where(mask, classes, jnp.iinfo(classes.dtype).min)))  # real boxes only
+        checkify.check(
+            jnp.all(ok),
+            f"step {{step}}: box classes outside [0, {self.num_classes}): min {{low}}, max {{high}}",
+            step=step,
+            low=jnp.min(jnp.where(mask, classes, jnp.iinfo(classes.dtype).max)),
+            high=jnp.max(jnp.where(mask, classes, jnp.iinfo(classes.dtype).min)),
+        )  # real boxes only
 
     def eval_weights(self, batch):
         """(weights of the images, number of valid images): padding rows count for nothing."""
@@ -198,8 +245,16 @@ class Task(base.Task):
     @staticmethod
     def add_to(evaluator, batch, detections) -> None:
         """Feed one evaluation batch (host arrays) and its detections to `evaluator`."""
-        evaluator.add(batch["boxes"], batch["classes"], batch["box_mask"], detections.boxes, detections.scores,
-                      detections.classes, detections.mask, image_valid=batch["valid"])
+        evaluator.add(
+            batch["boxes"],
+            batch["classes"],
+            batch["box_mask"],
+            detections.boxes,
+            detections.scores,
+            detections.classes,
+            detections.mask,
+            image_valid=batch["valid"],
+        )
 
     def scores(self, summary: dict, statistics: dict) -> dict:
         return {}

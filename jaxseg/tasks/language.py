@@ -42,8 +42,9 @@ def token_streams(config, workdir, *, is_main: bool = True, barrier=None):
     data = config.data
     documents = text.corpus_documents(data.corpus)
     train_docs, val_docs = text.split_documents(documents, val_fraction=data.val_fraction, seed=data.split_seed)
-    tokenizer = text.make_tokenizer(data.tokenizer, data.vocab_size, train_docs, workdir, is_main=is_main,
-                                    barrier=barrier)
+    tokenizer = text.make_tokenizer(
+        data.tokenizer, data.vocab_size, train_docs, workdir, is_main=is_main, barrier=barrier
+    )
     return tokenizer, text.encode_documents(tokenizer, train_docs), text.encode_documents(tokenizer, val_docs)
 
 
@@ -62,14 +63,26 @@ def make_data(config, workdir) -> Data:
     from jax.experimental import multihost_utils
 
     barrier = (lambda: multihost_utils.sync_global_devices("tokenizer")) if jax.process_count() > 1 else None
-    tokenizer, train_tokens, val_tokens = token_streams(config, workdir, is_main=jax.process_index() == 0,
-                                                        barrier=barrier)
+    tokenizer, train_tokens, val_tokens = token_streams(
+        config, workdir, is_main=jax.process_index() == 0, barrier=barrier
+    )
     shared = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train = iter(text.train_dataset(train_tokens, seq_len=config.data.seq_len,
-                                    batch_size=process_share(config.train, "batch_size"),
-                                    seed=config.seed, num_threads=config.data.num_threads, **shared))
-    val = text.eval_batches(val_tokens, seq_len=eval_seq_len(config.data),
-                            batch_size=process_share(config.train, "eval_batch_size"), **shared)
+    train = iter(
+        text.train_dataset(
+            train_tokens,
+            seq_len=config.data.seq_len,
+            batch_size=process_share(config.train, "batch_size"),
+            seed=config.seed,
+            num_threads=config.data.num_threads,
+            **shared,
+        )
+    )
+    val = text.eval_batches(
+        val_tokens,
+        seq_len=eval_seq_len(config.data),
+        batch_size=process_share(config.train, "eval_batch_size"),
+        **shared,
+    )
     return Data(train, val, tokenizer, val_tokens)
 
 
@@ -139,8 +152,14 @@ class Task(base.Task):
         targets = batch["tokens"][:, 1:]
         options = dict(mask=mask, label_smoothing=hp["label_smoothing"], z_loss=hp["z_loss"])
         if self.head == "streaming":
-            return losses.linear_cross_entropy(outputs["features"], outputs["weight"], targets, bias=outputs["bias"],
-                                               chunk_size=self.chunk_size, **options)
+            return losses.linear_cross_entropy(
+                outputs["features"],
+                outputs["weight"],
+                targets,
+                bias=outputs["bias"],
+                chunk_size=self.chunk_size,
+                **options,
+            )
         logits = output_logits(outputs["features"], outputs["weight"], outputs["bias"])
         return losses.token_cross_entropy(logits, targets, **options)
 
@@ -164,9 +183,13 @@ class Task(base.Task):
         from jax.experimental import checkify
 
         tokens = batch["tokens"]
-        checkify.check(jnp.all((tokens >= 0) & (tokens < self.vocab_size)),
-                       f"step {{step}}: token ids outside [0, {self.vocab_size}): min {{low}}, max {{high}}",
-                       step=step, low=jnp.min(tokens), high=jnp.max(tokens))
+        checkify.check(
+            jnp.all((tokens >= 0) & (tokens < self.vocab_size)),
+            f"step {{step}}: token ids outside [0, {self.vocab_size}): min {{low}}, max {{high}}",
+            step=step,
+            low=jnp.min(tokens),
+            high=jnp.max(tokens),
+        )
 
     def eval_weights(self, batch):
         """(mask over the targets, number of valid tokens): padding rows count for nothing."""
@@ -178,12 +201,17 @@ class Task(base.Task):
         """Host side: perplexity and bits per token of the mean nll, top-1 accuracy."""
         nll = summary["loss_nll"]
         tokens = float(statistics["tokens"])
-        return {"perplexity": math.exp(min(nll, 700.0)), "bits_per_token": nll / math.log(2),
-                "accuracy": float(statistics["correct"]) / tokens if tokens else 0.0}
+        return {
+            "perplexity": math.exp(min(nll, 700.0)),
+            "bits_per_token": nll / math.log(2),
+            "accuracy": float(statistics["correct"]) / tokens if tokens else 0.0,
+        }
 
     def describe(self, metrics: dict) -> str:
-        return (f"perplexity {metrics['perplexity']:.2f}, {metrics['bits_per_token']:.3f} bits/token, "
-                f"accuracy {metrics['accuracy']:.4f}")
+        return (
+            f"perplexity {metrics['perplexity']:.2f}, {metrics['bits_per_token']:.3f} bits/token, "
+            f"accuracy {metrics['accuracy']:.4f}"
+        )
 
     def progress(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.3f}", "ppl": f"{metrics['perplexity']:.1f}"}

@@ -28,14 +28,23 @@ def make_sources(config) -> tuple[Any, Any]:
     data = config.data
     if data.name == "shapes":
         options = dict(seed=data.seed, size=data.source_size, max_shapes=data.max_shapes, depth=data.depth)
-        return (ShapesSource(data.train_samples, split="train", **options),
-                ShapesSource(data.val_samples, split="val", **options))
+        return (
+            ShapesSource(data.train_samples, split="train", **options),
+            ShapesSource(data.val_samples, split="val", **options),
+        )
     if data.name == "folder":
-        options = dict(num_classes=config.num_classes, images_dir=data.images_dir, masks_dir=data.masks_dir,
-                       extra_dirs=tuple(data.extra_dirs), ignore_index=data.ignore_index,
-                       class_names=tuple(data.class_names) or None)
-        return (FolderSource(data.root, split_file=data.train_split or None, **options),
-                FolderSource(data.root, split_file=data.val_split or None, **options))
+        options = dict(
+            num_classes=config.num_classes,
+            images_dir=data.images_dir,
+            masks_dir=data.masks_dir,
+            extra_dirs=tuple(data.extra_dirs),
+            ignore_index=data.ignore_index,
+            class_names=tuple(data.class_names) or None,
+        )
+        return (
+            FolderSource(data.root, split_file=data.train_split or None, **options),
+            FolderSource(data.root, split_file=data.val_split or None, **options),
+        )
     raise ValueError(f"config.data.name must be one of {DATASETS}; got {data.name!r}")
 
 
@@ -55,27 +64,40 @@ def make_data(config, workdir) -> Data:
     """Sources, statistics (cached in `workdir`) and grain pipelines for this process."""
     ignore = config.data.ignore_index
     if ignore is not None and 0 <= ignore < config.num_classes:
-        raise ValueError(f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
-                         f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255")
+        raise ValueError(
+            f"config.data.ignore_index={ignore} is a class id (config.num_classes={config.num_classes}); "
+            f"the ignore value must lie outside [0, {config.num_classes}), e.g. 255"
+        )
     train_source, val_source, skipped_samples = checked_sources(config, make_sources(config))
     stats_file = Path(workdir) / "label_statistics.json"
     class_weights = data_class_weights(config, train_source, stats_file)
     sample_indices = None
     if config.data.balance:
-        stats = balance.cached_statistics(train_source, config.num_classes, ignore_index=config.data.ignore_index,
-                                          cache_file=stats_file)
+        stats = balance.cached_statistics(
+            train_source, config.num_classes, ignore_index=config.data.ignore_index, cache_file=stats_file
+        )
         factors = balance.repeat_factors(stats["pixels"], stats["present"], threshold=config.data.balance_threshold)
         sample_indices = balance.resampled_indices(factors, config.seed)
     shared = dict(
-        image_size=config.data.image_size, ignore_index=config.data.ignore_index,
+        image_size=config.data.image_size,
+        ignore_index=config.data.ignore_index,
         distance_maps_for=config.num_classes if config.loss.weights.get("boundary", 0) else None,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
-    train = iter(train_dataset(
-        train_source, batch_size=process_share(config.train, "batch_size"), seed=config.seed,
-        scale_range=config.data.scale_range, flip=config.data.flip, jitter=config.data.jitter,
-        sample_indices=sample_indices, num_threads=config.data.num_threads, **shared,
-    ))
+    train = iter(
+        train_dataset(
+            train_source,
+            batch_size=process_share(config.train, "batch_size"),
+            seed=config.seed,
+            scale_range=config.data.scale_range,
+            flip=config.data.flip,
+            jitter=config.data.jitter,
+            sample_indices=sample_indices,
+            num_threads=config.data.num_threads,
+            **shared,
+        )
+    )
     val = eval_batches(val_source, batch_size=process_share(config.train, "eval_batch_size"), **shared)
     return Data(train, val, class_weights, tuple(train_source.class_names), skipped_samples)
 
@@ -132,8 +154,9 @@ def data_class_weights(config, train_source, cache_file):
     method = config.loss.class_weighting
     if not method:
         return None
-    stats = balance.cached_statistics(train_source, config.num_classes, ignore_index=config.data.ignore_index,
-                                      cache_file=cache_file)
+    stats = balance.cached_statistics(
+        train_source, config.num_classes, ignore_index=config.data.ignore_index, cache_file=cache_file
+    )
     return balance.class_weights(stats["pixels"], method)
 
 
@@ -183,8 +206,9 @@ class Task(base.Task):
             class_weights = loss.class_weights
             if weighted and class_weights is None:
                 class_weights = jnp.ones(self.num_classes, jnp.float32)
-            hp["loss"] = dataclasses.replace(loss, weights={t: loss.weights.get(t, jnp.float32(0.0)) for t in terms},
-                                             class_weights=class_weights)
+            hp["loss"] = dataclasses.replace(
+                loss, weights={t: loss.weights.get(t, jnp.float32(0.0)) for t in terms}, class_weights=class_weights
+            )
         return hps
 
     def active_terms(self, hp: dict) -> tuple[str, ...]:
@@ -209,8 +233,11 @@ class Task(base.Task):
     def metrics(self, logits, batch, *, mask=None):
         """Per-batch statistics: the confusion matrix of the argmax predictions."""
         predictions = jnp.argmax(logits, axis=-1)
-        return {"confusion": confusion_matrix(predictions, batch["label"], self.num_classes,
-                                              ignore_index=self.ignore_index, mask=mask)}
+        return {
+            "confusion": confusion_matrix(
+                predictions, batch["label"], self.num_classes, ignore_index=self.ignore_index, mask=mask
+            )
+        }
 
     def predict(self, logits):
         """Class ids `[B, H, W]`."""
@@ -224,9 +251,14 @@ class Task(base.Task):
         ok = (label >= 0) & (label < self.num_classes)
         if self.ignore_index is not None:
             ok = ok | (label == self.ignore_index)
-        checkify.check(jnp.all(ok), f"step {{step}}: label values outside [0, {self.num_classes}) that are not the "
-                       f"ignore value {self.ignore_index}: min {{low}}, max {{high}}", step=step, low=jnp.min(label),
-                       high=jnp.max(label))
+        checkify.check(
+            jnp.all(ok),
+            f"step {{step}}: label values outside [0, {self.num_classes}) that are not the "
+            f"ignore value {self.ignore_index}: min {{low}}, max {{high}}",
+            step=step,
+            low=jnp.min(label),
+            high=jnp.max(label),
+        )
 
     def eval_weights(self, batch):
         """(mask over the labels, number of valid images): padding rows count for nothing."""
@@ -244,9 +276,15 @@ class Task(base.Task):
         """The loop's prediction figure: images, ground truth and predicted masks."""
         from jaxseg.figures import save_prediction_figure
 
-        save_prediction_figure(path, host_batch["image"], host_batch["label"], predictions,
-                               num_classes=self.num_classes, ignore_index=self.ignore_index,
-                               class_names=list(data.class_names))
+        save_prediction_figure(
+            path,
+            host_batch["image"],
+            host_batch["label"],
+            predictions,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            class_names=list(data.class_names),
+        )
 
     def progress(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.3f}", "miou": f"{metrics['miou']:.3f}"}

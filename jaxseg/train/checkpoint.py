@@ -11,7 +11,6 @@ import contextlib
 from pathlib import Path
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
@@ -42,10 +41,12 @@ class Checkpointer:
         # BestN ranks ascending and keeps the last n (measured with orbax 0.12.8), so
         # reverse=False keeps the maximum. best_fn makes orbax write the metrics to disk, so
         # the best checkpoint is still known (and kept) after a restart.
-        policy = AnyPreservationPolicy([
-            LatestN(keep),
-            BestN(get_metric_fn=metric, reverse=False, n=1, keep_checkpoints_without_metrics=False),
-        ])
+        policy = AnyPreservationPolicy(
+            [
+                LatestN(keep),
+                BestN(get_metric_fn=metric, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
             best_fn=metric,
             best_mode="max",
@@ -110,4 +111,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-

@@ -49,8 +49,10 @@ def restore(workdir, step: str | int = "best") -> Restored:
         tx = make_optimizer(config.optim, config.train.steps)
         # Onto this process's first device, whatever mesh the checkpoint was saved from.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                jax.eval_shape(functools.partial(init_state, make_model, tx, config.seed)))
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            jax.eval_shape(functools.partial(init_state, make_model, tx, config.seed)),
+        )
         state = checkpoints.restore(chosen, abstract)
     finally:
         checkpoints.close()

@@ -38,14 +38,21 @@ class MetricsLogger:
     def write(self, step: int, split: str, values: dict, member: str | None = None) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "split": split, **({"member": member} if member is not None else {}),
-                  **{k: _plain(v) for k, v in values.items()}}
+        record = {
+            "step": int(step),
+            "split": split,
+            **({"member": member} if member is not None else {}),
+            **{k: _plain(v) for k, v in values.items()},
+        }
         try:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as error:  # a full disk: say which file, keep the errno
-            raise OSError(error.errno, f"cannot append the step {step} metrics to {self.path} ({error.strerror}); "
-                          f"checkpoints already saved stay readable") from error
+            raise OSError(
+                error.errno,
+                f"cannot append the step {step} metrics to {self.path} ({error.strerror}); "
+                f"checkpoints already saved stay readable",
+            ) from error
         if self.tensorboard:
             writer = self._writer(member)
             for name, value in record.items():

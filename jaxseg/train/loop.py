@@ -93,8 +93,18 @@ def global_rows(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def evaluate(state, hp, batches, compiled_eval, *, task, per_member=lambda tree: [tree], place=jax.device_put,
-             figure=None, with_predictions=None) -> list[dict]:
+def evaluate(
+    state,
+    hp,
+    batches,
+    compiled_eval,
+    *,
+    task,
+    per_member=lambda tree: [tree],
+    place=jax.device_put,
+    figure=None,
+    with_predictions=None,
+) -> list[dict]:
     """Stream the evaluation batches (host-local; `place` puts them on the devices): summed
     losses and statistics, one division by the number of valid images (or tokens) at the
     end; one summary per member (`per_member` splits the totals: `Program.per_member`).
@@ -145,15 +155,16 @@ def compile_for(config, mesh, task, workdir, data) -> Setup:
         program = compile_program(config, mesh, task)
         return Setup(program, program.place_hp(task.hyperparameters(data)), [None])
     setup = variants.member_setup(config, members, task, workdir)
-    program = compile_member_program(config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays,
-                                     active_terms=setup.active_terms)
+    program = compile_member_program(
+        config, mesh, task, seeds=setup.seeds, weight_decays=setup.weight_decays, active_terms=setup.active_terms
+    )
     if jax.process_index() == 0:
         report.save_members(workdir, members, report.Ranking(task.key_metric, task.higher_is_better))
     return Setup(program, program.place_hp(setup.hp), [m.name for m in members])
 
 
 def of_member(name) -> str:
-    """" (member NAME)" in messages about an ablation member; "" for a single model."""
+    """ " (member NAME)" in messages about an ablation member; "" for a single model."""
     return "" if name is None else f" (member {name})"
 
 
@@ -205,9 +216,16 @@ def train_and_evaluate(config, workdir) -> dict:
     shown = 0  # the member whose predictions are drawn and whose loss the progress bar shows
     units = task.units_per_batch(train_cfg.batch_size)
     sign = 1.0 if task.higher_is_better else -1.0
-    run_evaluation = functools.partial(evaluate, hp=hp, batches=val_batches, compiled_eval=program.eval, task=task,
-                                       per_member=program.per_member, place=place,
-                                       with_predictions=program.eval_with_predictions)
+    run_evaluation = functools.partial(
+        evaluate,
+        hp=hp,
+        batches=val_batches,
+        compiled_eval=program.eval,
+        task=task,
+        per_member=program.per_member,
+        place=place,
+        with_predictions=program.eval_with_predictions,
+    )
 
     def figure(step):
         if not task.draws_predictions:
@@ -216,14 +234,24 @@ def train_and_evaluate(config, workdir) -> dict:
         def draw(host, batch):
             predictions = program.predict(state, batch, shown)  # every process takes part ...
             if is_main:  # ... process 0 draws its own rows
-                task.save_figure(workdir / "figures" / f"val_step_{step:06d}.png", host,
-                                 jax.tree.map(parallel.local_rows, predictions), data)
+                task.save_figure(
+                    workdir / "figures" / f"val_step_{step:06d}.png",
+                    host,
+                    jax.tree.map(parallel.local_rows, predictions),
+                    data,
+                )
+
         return draw
 
     # ------------------------------------------------------------------ loop
     total, count, last_log, vals = None, 0, time.perf_counter(), []
-    progress = tqdm(total=train_cfg.steps, initial=start, disable=not (is_main and train_cfg.progress),
-                    dynamic_ncols=True, desc="train")
+    progress = tqdm(
+        total=train_cfg.steps,
+        initial=start,
+        disable=not (is_main and train_cfg.progress),
+        dynamic_ncols=True,
+        desc="train",
+    )
     stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
     with PreemptionWatch() as preemption:
         for step in range(start + 1, stop + 1):
@@ -246,11 +274,19 @@ def train_and_evaluate(config, workdir) -> dict:
                         summary["bad_samples_skipped"] = bad_samples
                     logger.write(step, "train", summary, member=name)
                     if summary["skipped"]:
-                        log.warning("step %d%s: %d non-finite updates skipped in the last %d steps", step,
-                                    of_member(name), summary["skipped"], count)
+                        log.warning(
+                            "step %d%s: %d non-finite updates skipped in the last %d steps",
+                            step,
+                            of_member(name),
+                            summary["skipped"],
+                            count,
+                        )
                 summary = summaries[shown]
-                progress.set_postfix(**task.progress(summary), per_s=f"{summary[f'{task.throughput_unit}_per_second']:.0f}",
-                                     **({} if names[shown] is None else {"member": names[shown]}))
+                progress.set_postfix(
+                    **task.progress(summary),
+                    per_s=f"{summary[f'{task.throughput_unit}_per_second']:.0f}",
+                    **({} if names[shown] is None else {"member": names[shown]}),
+                )
                 worst = int(np.argmax(consecutive))
                 if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
                     checkpoints.wait()

@@ -30,8 +30,9 @@ def learning_rate_schedule(optim, total_steps: int):
     if kind == "constant":
         return optax.constant_schedule(lr)
     if kind == "exponential":
-        return optax.exponential_decay(lr, transition_steps=optim.decay_steps, decay_rate=optim.decay_rate,
-                                       staircase=optim.get("staircase", False))
+        return optax.exponential_decay(
+            lr, transition_steps=optim.decay_steps, decay_rate=optim.decay_rate, staircase=optim.get("staircase", False)
+        )
     if kind == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=optim.end_fraction)
     if kind == "warmup_cosine":
@@ -39,7 +40,9 @@ def learning_rate_schedule(optim, total_steps: int):
             raise ValueError(
                 f"config.optim.warmup_steps={optim.warmup_steps} must be in [0, config.train.steps={total_steps})"
             )
-        return optax.warmup_cosine_decay_schedule(0.0, lr, optim.warmup_steps, total_steps, end_value=lr * optim.end_fraction)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, optim.warmup_steps, total_steps, end_value=lr * optim.end_fraction
+        )
     if kind == "piecewise":
         boundaries = {int(step): float(scale) for step, scale in zip(optim.boundaries, optim.scales)}
         return optax.piecewise_constant_schedule(lr, boundaries)
@@ -57,7 +60,7 @@ def _path_names(path) -> list[str]:
 
 
 def muon_labels(params):
-    """"muon" for the weight matrices inside the network, "adam" for the rest.
+    """ "muon" for the weight matrices inside the network, "adam" for the rest.
 
     Muon orthogonalises the update of a linear map; embeddings and output projections are
     lookup tables and per-token read-outs rather than maps between hidden spaces (Jordan et
@@ -173,8 +176,9 @@ def _core(name: str, optim, learning_rate, weight_decay):
     else:
         core = [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)]
     # Decoupled weight decay (AdamW): added to the update before the learning-rate scaling.
-    return optax.chain(*core, optax.add_decayed_weights(weight_decay, mask=decay_mask),
-                       optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        *core, optax.add_decayed_weights(weight_decay, mask=decay_mask), optax.scale_by_learning_rate(learning_rate)
+    )
 
 
 def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
@@ -183,9 +187,9 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
         raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}; got {optim.name!r}")
     schedule = learning_rate_schedule(optim, total_steps)
     weight_decay = optim.weight_decay if optim.name != "adam" else 0.0
-    core = optax.inject_hyperparams(lambda learning_rate, weight_decay: _core(optim.name, optim, learning_rate, weight_decay))(
-        learning_rate=schedule, weight_decay=weight_decay
-    )
+    core = optax.inject_hyperparams(
+        lambda learning_rate, weight_decay: _core(optim.name, optim, learning_rate, weight_decay)
+    )(learning_rate=schedule, weight_decay=weight_decay)
     chain = optax.chain(optax.clip_by_global_norm(optim.clip_norm), core) if optim.clip_norm else core
     # Non-finite updates are skipped (state and parameters unchanged) and counted; the
     # training loop stops after `max_consecutive_nonfinite` of them in a row.
@@ -194,7 +198,9 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
 
 def l1_penalty(params):
     """Sum of absolute kernel values (the same mask as weight decay)."""
-    leaves = [jnp.sum(jnp.abs(p)) for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep]
+    leaves = [
+        jnp.sum(jnp.abs(p)) for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask(params))) if keep
+    ]
     return sum(leaves) if leaves else jnp.zeros(())
 
 

@@ -19,7 +19,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
@@ -89,8 +90,10 @@ def data_size(mesh: Mesh) -> int:
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str = "config.train.batch_size") -> None:
     """The global batch must split evenly over the `data` axis and over the processes."""
-    for parts, what in ((data_size(mesh), f"the {data_size(mesh)} devices of the mesh's data axis"),
-                        (jax.process_count(), f"{jax.process_count()} processes")):
+    for parts, what in (
+        (data_size(mesh), f"the {data_size(mesh)} devices of the mesh's data axis"),
+        (jax.process_count(), f"{jax.process_count()} processes"),
+    ):
         if batch_size % parts:
             raise ValueError(f"{key}={batch_size} must divide by {what}")
 
@@ -133,7 +136,9 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     in process order.
     """
     sharding = batch_sharding(mesh)
-    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in local_batch.items()}
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in local_batch.items()
+    }
 
 
 def replicate(tree, mesh: Mesh):

@@ -21,8 +21,10 @@ class Preempted(RuntimeError):
     """Raised by the loop after the preemption checkpoint is on disk."""
 
     def __init__(self, step: int, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; the checkpoint of step {step} "
-                         f"is saved: run again with the same workdir to resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; the checkpoint of step {step} "
+            f"is saved: run again with the same workdir to resume"
+        )
         self.step, self.signum = step, signum
 
 

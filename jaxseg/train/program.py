@@ -11,7 +11,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxseg.ablation import strategies
 from jaxseg.tasks.base import Task
@@ -58,27 +59,54 @@ def compile_program(config, mesh, task: Task) -> Program:
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     step = functools.partial(train_step, graphdef=graphdef, tx=tx, task=task, seed=config.seed)
     if config.train.get("checkify", False):
-        train = _checked(step, task, in_shardings=(state_sharding, batch_sharding, replicated),
-                         out_shardings=(state_sharding, replicated))
+        train = _checked(
+            step,
+            task,
+            in_shardings=(state_sharding, batch_sharding, replicated),
+            out_shardings=(state_sharding, replicated),
+        )
     else:
-        train = jax.jit(step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding, replicated),
-                        out_shardings=(state_sharding, replicated))
-    evaluate = jax.jit(functools.partial(eval_step, graphdef=graphdef, task=task),
-                       in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=replicated)
+        train = jax.jit(
+            step,
+            donate_argnums=0,
+            in_shardings=(state_sharding, batch_sharding, replicated),
+            out_shardings=(state_sharding, replicated),
+        )
+    evaluate = jax.jit(
+        functools.partial(eval_step, graphdef=graphdef, task=task),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=replicated,
+    )
 
     def predictions(state, batch):
         return task.predict(eval_outputs(state, batch, graphdef=graphdef, task=task))
 
-    compiled_predictions = jax.jit(predictions, in_shardings=(state_sharding, batch_sharding),
-                                   out_shardings=batch_sharding)
+    compiled_predictions = jax.jit(
+        predictions, in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding
+    )
     predict = lambda state, batch, member=None: compiled_predictions(state, batch)  # noqa: E731
-    eval_with_predictions = jax.jit(functools.partial(eval_step_with_predictions, graphdef=graphdef, task=task),
-                                    in_shardings=(state_sharding, batch_sharding, replicated),
-                                    out_shardings=(replicated, batch_sharding))
+    eval_with_predictions = jax.jit(
+        functools.partial(eval_step_with_predictions, graphdef=graphdef, task=task),
+        in_shardings=(state_sharding, batch_sharding, replicated),
+        out_shardings=(replicated, batch_sharding),
+    )
     init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
-    return Program(None, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
-                   init, train, evaluate, predict, eval_with_predictions,
-                   functools.partial(parallel.replicate, mesh=mesh), lambda tree: [tree])
+    return Program(
+        None,
+        mesh,
+        _with_shardings(abstract_state, state_sharding),
+        graphdef,
+        task,
+        tx,
+        state_sharding,
+        init,
+        train,
+        evaluate,
+        predict,
+        eval_with_predictions,
+        functools.partial(parallel.replicate, mesh=mesh),
+        lambda tree: [tree],
+    )
 
 
 def _checked(step, task, *, in_shardings, out_shardings):
@@ -91,8 +119,12 @@ def _checked(step, task, *, in_shardings, out_shardings):
         task.check_batch(batch, state.step)
         return step(state, batch, hp)
 
-    compiled = jax.jit(checkify.checkify(checked_step, errors=checkify.user_checks | checkify.index_checks),
-                       donate_argnums=0, in_shardings=in_shardings, out_shardings=(None, out_shardings))
+    compiled = jax.jit(
+        checkify.checkify(checked_step, errors=checkify.user_checks | checkify.index_checks),
+        donate_argnums=0,
+        in_shardings=in_shardings,
+        out_shardings=(None, out_shardings),
+    )
 
     def train(state, batch, hp):
         error, outputs = compiled(state, batch, hp)
@@ -121,16 +153,20 @@ def compile_member_program(config, mesh, task: Task, *, seeds, weight_decays, ac
         raise ValueError("config.mesh.fsdp_min_size: FSDP-style sharding is not combined with an ablation; set it to 0")
     count = len(seeds)
     if task.collects_predictions:
-        raise ValueError(f"config.ablation: the {config.get('task', 'segmentation')} task's evaluation needs the "
-                         "predictions of a single model; ablations train tasks whose metrics are sums")
+        raise ValueError(
+            f"config.ablation: the {config.get('task', 'segmentation')} task's evaluation needs the "
+            "predictions of a single model; ablations train tasks whose metrics are sums"
+        )
     strategy = strategies.resolve(config.ablation.strategy)
     make_model = task.model_factory()
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, config.train.steps)
     sharded = strategies.MEMBER_AXIS in mesh.axis_names and mesh.shape[strategies.MEMBER_AXIS] > 1
     if sharded and count % mesh.shape[strategies.MEMBER_AXIS]:
-        raise ValueError(f"{count} ablation members do not split over the {mesh.shape[strategies.MEMBER_AXIS]} "
-                         f"devices of config.mesh's member axis")
+        raise ValueError(
+            f"{count} ablation members do not split over the {mesh.shape[strategies.MEMBER_AXIS]} "
+            f"devices of config.mesh's member axis"
+        )
     member_sharding = NamedSharding(mesh, P(strategies.MEMBER_AXIS)) if sharded else parallel.replicated(mesh)
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
 
@@ -152,6 +188,7 @@ def compile_member_program(config, mesh, task: Task, *, seeds, weight_decays, ac
         def step(state, batch, hp):
             state, metrics = one_train(state, batch, task.only_terms(hp, terms))
             return state, _all_terms(metrics, union)
+
         return step
 
     def member_eval(terms):
@@ -165,30 +202,53 @@ def compile_member_program(config, mesh, task: Task, *, seeds, weight_decays, ac
 
     train = jax.jit(
         members(one_train, [member_train(t) for t in active_terms or ()], (True, True)),
-        donate_argnums=0, in_shardings=(state_sharding, batch_sharding, member_sharding),
+        donate_argnums=0,
+        in_shardings=(state_sharding, batch_sharding, member_sharding),
         out_shardings=(state_sharding, replicated),
     )
-    evaluate = jax.jit(members(one_eval, [member_eval(t) for t in active_terms or ()], True),
-                       in_shardings=(state_sharding, batch_sharding, member_sharding), out_shardings=replicated)
+    evaluate = jax.jit(
+        members(one_eval, [member_eval(t) for t in active_terms or ()], True),
+        in_shardings=(state_sharding, batch_sharding, member_sharding),
+        out_shardings=replicated,
+    )
 
     def predictions(states, batch, member):
         state = jax.tree.map(lambda x: x[member], states)
         return task.predict(eval_outputs(state, batch, graphdef=graphdef, task=task))
 
-    predict = jax.jit(predictions, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding)
+    predict = jax.jit(
+        predictions, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding
+    )
     seeds, weight_decays = jnp.asarray(seeds, jnp.int32), jnp.asarray(weight_decays, jnp.float32)
     init = lambda: jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)  # noqa: E731
 
     def place_hp(hp):  # every process holds all members' values: each takes its devices' slices
         return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x), np.shape(x)), hp)
+            lambda x: jax.make_array_from_process_local_data(member_sharding, np.asarray(x), np.shape(x)), hp
+        )
 
     def per_member(tree):
         return [strategies.take(tree, k) for k in range(count)]
 
-    return Program(count, mesh, _with_shardings(abstract_state, state_sharding), graphdef, task, tx, state_sharding,
-                   init, train, evaluate, predict, None, place_hp, per_member)
+    return Program(
+        count,
+        mesh,
+        _with_shardings(abstract_state, state_sharding),
+        graphdef,
+        task,
+        tx,
+        state_sharding,
+        init,
+        train,
+        evaluate,
+        predict,
+        None,
+        place_hp,
+        per_member,
+    )
 
 
 def _with_shardings(abstract, shardings):
-    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract, shardings)
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract, shardings
+    )

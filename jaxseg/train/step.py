@@ -94,5 +94,9 @@ def _eval_metrics(outputs, batch, hp, task):
     loss, terms = task.loss(outputs, batch, hp, mask=mask)
     loss_terms, statistics = split_terms(terms, task)
     losses = {"loss": loss, **loss_terms}
-    return {**{k: v * count for k, v in losses.items()}, "count": count, **statistics,
-            **task.metrics(outputs, batch, mask=mask)}
+    return {
+        **{k: v * count for k, v in losses.items()},
+        "count": count,
+        **statistics,
+        **task.metrics(outputs, batch, mask=mask),
+    }

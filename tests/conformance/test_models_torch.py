@@ -4,7 +4,6 @@ weights, the same logits (training mode with batch statistics, and evaluation mo
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -18,14 +17,22 @@ def torch_unet(torch, depth: int, base: int, classes: int, in_channels: int):
 
     class Block(nn.Sequential):
         def __init__(self, cin, cout):
-            super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                             nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+            super().__init__(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            )
 
     class TorchUNet(nn.Module):
         def __init__(self):
             super().__init__()
             widths = [base * 2**i for i in range(depth + 1)]
-            self.encoder = nn.ModuleList([Block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+            self.encoder = nn.ModuleList(
+                [Block(in_channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)]
+            )
             self.bottleneck = Block(widths[depth - 1], widths[depth])
             self.up = nn.ModuleList([nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth))])
             self.decoder = nn.ModuleList([Block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
@@ -48,18 +55,28 @@ def torch_unet(torch, depth: int, base: int, classes: int, in_channels: int):
 
 def copy_weights(torch, model: UNet, reference) -> None:
     """jaxseg's parameters and BatchNorm statistics into the torch network (HWIO -> OIHW)."""
+
     def conv(ours, theirs):
         theirs.weight.copy_(torch.from_numpy(np.asarray(ours.kernel[...]).transpose(3, 2, 0, 1).copy()))
         if theirs.bias is not None:
             theirs.bias.copy_(torch.from_numpy(np.array(ours.bias[...])))
 
     def norm(ours, theirs):
-        for name, value in [("weight", ours.scale), ("bias", ours.bias), ("running_mean", ours.mean),
-                            ("running_var", ours.var)]:
+        for name, value in [
+            ("weight", ours.scale),
+            ("bias", ours.bias),
+            ("running_mean", ours.mean),
+            ("running_var", ours.var),
+        ]:
             getattr(theirs, name).copy_(torch.from_numpy(np.array(value[...])))
 
     def block(ours, theirs):
-        conv(ours.conv1, theirs[0]), norm(ours.norm1, theirs[1]), conv(ours.conv2, theirs[3]), norm(ours.norm2, theirs[4])
+        (
+            conv(ours.conv1, theirs[0]),
+            norm(ours.norm1, theirs[1]),
+            conv(ours.conv2, theirs[3]),
+            norm(ours.norm2, theirs[4]),
+        )
 
     with torch.no_grad():
         for ours, theirs in zip(model.encoder, reference.encoder):

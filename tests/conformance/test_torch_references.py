@@ -70,8 +70,12 @@ def test_cross_entropy_matches_torch(rng, reduction, weighted, ignore, smoothing
         x, labels, class_weights=weights, ignore_index=ignore, label_smoothing=smoothing, reduction=reduction
     )
     theirs = lambda t: F.cross_entropy(
-        t, torch.from_numpy(labels), weight=None if weights is None else torch.from_numpy(weights),
-        ignore_index=-100 if ignore is None else ignore, label_smoothing=smoothing, reduction=reduction,
+        t,
+        torch.from_numpy(labels),
+        weight=None if weights is None else torch.from_numpy(weights),
+        ignore_index=-100 if ignore is None else ignore,
+        label_smoothing=smoothing,
+        reduction=reduction,
     )
     assert_same(ours, theirs, logits)
 
@@ -84,7 +88,9 @@ def test_cross_entropy_probability_targets_match_torch(rng, weighted, smoothing)
     weights = rng.uniform(0.2, 3.0, C).astype(np.float32) if weighted else None
     ours = lambda x: losses.cross_entropy(x, targets, class_weights=weights, label_smoothing=smoothing)
     theirs = lambda t: F.cross_entropy(
-        t, ref.to_torch_nchw(targets), weight=None if weights is None else torch.from_numpy(weights),
+        t,
+        ref.to_torch_nchw(targets),
+        weight=None if weights is None else torch.from_numpy(weights),
         label_smoothing=smoothing,
     )
     assert_same(ours, theirs, logits)
@@ -96,9 +102,14 @@ def test_binary_cross_entropy_matches_torch(rng, reduction):
     targets = rng.uniform(0, 1, logits.shape).astype(np.float32)
     pos_weight = rng.uniform(0.5, 2.0, C).astype(np.float32)
     weights = rng.uniform(0.5, 2.0, logits.shape).astype(np.float32)
-    ours = lambda x: losses.binary_cross_entropy(x, targets, pos_weight=pos_weight, weights=weights, reduction=reduction)
+    ours = lambda x: losses.binary_cross_entropy(
+        x, targets, pos_weight=pos_weight, weights=weights, reduction=reduction
+    )
     theirs = lambda t: F.binary_cross_entropy_with_logits(
-        t, torch.from_numpy(targets), weight=torch.from_numpy(weights), pos_weight=torch.from_numpy(pos_weight),
+        t,
+        torch.from_numpy(targets),
+        weight=torch.from_numpy(weights),
+        pos_weight=torch.from_numpy(pos_weight),
         reduction=reduction,
     )
     assert_same(ours, theirs, logits, torch_logits=flat_leaf)
@@ -127,7 +138,9 @@ def test_sigmoid_focal_matches_torchvision(rng, reduction, alpha, gamma):
     logits = (4 * rng.standard_normal((B, H, W, C))).astype(np.float32)
     targets = rng.integers(0, 2, logits.shape).astype(np.float32)
     ours = lambda x: losses.sigmoid_focal_loss(x, targets, alpha=alpha, gamma=gamma, reduction=reduction)
-    theirs = lambda t: tv.sigmoid_focal_loss(t, torch.from_numpy(targets), alpha=alpha, gamma=gamma, reduction=reduction)
+    theirs = lambda t: tv.sigmoid_focal_loss(
+        t, torch.from_numpy(targets), alpha=alpha, gamma=gamma, reduction=reduction
+    )
     assert_same(ours, theirs, logits, torch_logits=flat_leaf)
 
 
@@ -258,8 +271,12 @@ def test_generalized_dice_matches_monai(rng, weight_type, per_image, include_bac
         x, labels, weight_type=weight_type, per_image=per_image, include_background=include_background, reduction="sum"
     )
     monai_loss = monai.GeneralizedDiceLoss(
-        softmax=True, to_onehot_y=True, w_type=weight_type, batch=not per_image,
-        include_background=include_background, reduction="sum",
+        softmax=True,
+        to_onehot_y=True,
+        w_type=weight_type,
+        batch=not per_image,
+        include_background=include_background,
+        reduction="sum",
     )
     theirs = lambda t: monai_loss(t, torch.from_numpy(labels)[:, None])
     assert_same(ours, theirs, logits, rtol=1e-4, atol=1e-6)
@@ -275,7 +292,9 @@ def test_lovasz_softmax_matches_smp(rng, per_image, ignore):
     logits, labels = make_case(rng, ignore=ignore)
     labels[0][labels[0] == 3] = 1  # a class absent from one image
     ours = lambda x: losses.lovasz_loss(x, labels, per_image=per_image, ignore_index=ignore)
-    theirs = lambda t: smp.LovaszLoss("multiclass", per_image=per_image, ignore_index=ignore)(t, torch.from_numpy(labels))
+    theirs = lambda t: smp.LovaszLoss("multiclass", per_image=per_image, ignore_index=ignore)(
+        t, torch.from_numpy(labels)
+    )
     assert_same(ours, theirs, logits)
 
 
@@ -314,6 +333,7 @@ DEGENERATE_BOX_PAIRS = [  # where torchvision's values and gradients are finite
 
 def box_pairs(rng, n=24):
     """Random valid xyxy boxes `[n, 4]` twice, the degenerate pairs appended."""
+
     def boxes():
         xy = rng.uniform(0, 10, (n, 2))
         return np.concatenate([xy, xy + rng.uniform(0.3, 6, (n, 2))], axis=-1)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from jaxseg.data import augment
-from jaxseg.data.box_augment import (augment_detection, fit_detection, horizontal_flip, random_scale_crop,
-                                     resize_example)
+from jaxseg.data.box_augment import augment_detection, fit_detection, horizontal_flip, random_scale_crop, resize_example
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
 
@@ -72,8 +71,9 @@ def test_flip_mirrors_boxes_and_twice_is_identity():
 
 @pytest.mark.parametrize("seed", range(12))
 def test_boxes_follow_the_pixels(seed):
-    result = augment_detection(painted(), np.random.default_rng(seed), size=(48, 64), scale_range=(0.6, 1.4),
-                               jitter=0.0, min_visible=0.3)
+    result = augment_detection(
+        painted(), np.random.default_rng(seed), size=(48, 64), scale_range=(0.6, 1.4), jitter=0.0, min_visible=0.3
+    )
     check_layout(result, size=(48, 64))
     for box, label in zip(result["boxes"][result["box_mask"]], result["classes"][result["box_mask"]]):
         seen = colour_box(result["image"], channel=label)  # class 0 is red, class 1 green
@@ -86,8 +86,7 @@ def test_boxes_follow_the_pixels_through_flips_and_clipping():
     flips = clipped = 0
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        result = augment_detection(painted(), rng, size=(48, 64), scale_range=(0.6, 1.4), jitter=0.0,
-                                   min_visible=0.3)
+        result = augment_detection(painted(), rng, size=(48, 64), scale_range=(0.6, 1.4), jitter=0.0, min_visible=0.3)
         red = colour_box(result["image"], 0)
         flips += red is not None and red[0] > 64 - red[2]  # red starts left of centre unflipped
         boxes = result["boxes"][result["box_mask"]]
@@ -103,8 +102,9 @@ def test_a_box_keeping_less_than_min_visible_is_dropped():
     example = make_example(image, boxes, [0, 1, 2])
     outcomes = set()
     for seed in range(40):
-        result = random_scale_crop(example, np.random.default_rng(seed), size=(20, 50), scale_range=(1, 1),
-                                   min_visible=0.58)
+        result = random_scale_crop(
+            example, np.random.default_rng(seed), size=(20, 50), scale_range=(1, 1), min_visible=0.58
+        )
         check_layout(result, size=(20, 50))
         left = int(result["image"][0, 0, 0])
         expected, expected_classes = [], []
@@ -127,8 +127,9 @@ def test_crop_draws_like_the_segmentation_crop_and_pads_with_zeros():
     for seed, scale_range in ((3, (0.75, 1.25)), (4, (0.5, 0.5))):
         ours = random_scale_crop(example, np.random.default_rng(seed), size=(48, 64), scale_range=scale_range)
         label = np.zeros(example["image"].shape[:2], np.int32)
-        theirs, _ = augment.random_scale_crop(example["image"], label, np.random.default_rng(seed), size=(48, 64),
-                                              scale_range=scale_range)
+        theirs, _ = augment.random_scale_crop(
+            example["image"], label, np.random.default_rng(seed), size=(48, 64), scale_range=scale_range
+        )
         np.testing.assert_array_equal(ours["image"], theirs)
     # At scale 0.5 the 30 x 40 image is padded to 48 x 64 at the bottom and right.
     np.testing.assert_array_equal(ours["image"][30:], 0)

@@ -27,8 +27,9 @@ def write_coco(root, *, annotations=None, images=None):
         pixels[0, 0] = (1, 2, 3)
         Image.fromarray(pixels).save(root / "images" / name)
     if images is None:
-        images = [{"id": 10 + i, "file_name": name, "height": h, "width": w}
-                  for i, (name, (h, w)) in enumerate(sizes.items())]
+        images = [
+            {"id": 10 + i, "file_name": name, "height": h, "width": w} for i, (name, (h, w)) in enumerate(sizes.items())
+        ]
     if annotations is None:
         annotations = [
             {"id": 1, "image_id": 10, "category_id": 7, "bbox": [2, 3, 10, 5], "iscrowd": 0},
@@ -88,8 +89,16 @@ def test_samples_feed_a_grain_pipeline_and_the_evaluator(tmp_path):
     np.testing.assert_allclose(batch["boxes"][0, 0], [2 * 32 / 30, 3 * 32 / 20, 12 * 32 / 30, 8 * 32 / 20], rtol=1e-6)
     evaluator = CocoEvaluator(source.class_names)
     scores = np.where(batch["box_mask"], 0.9, 0.0)
-    evaluator.add(batch["boxes"], batch["classes"], batch["box_mask"], batch["boxes"], scores, batch["classes"],
-                  batch["box_mask"], image_ids=source.image_ids)
+    evaluator.add(
+        batch["boxes"],
+        batch["classes"],
+        batch["box_mask"],
+        batch["boxes"],
+        scores,
+        batch["classes"],
+        batch["box_mask"],
+        image_ids=source.image_ids,
+    )
     assert evaluator.result()["map"] == pytest.approx(1.0)
 
 
@@ -106,14 +115,23 @@ def test_missing_and_unreadable_images_name_the_file(tmp_path):
         CocoSource(tmp_path / "nowhere", annotations)
 
 
-@pytest.mark.parametrize("annotation, message", [
-    ({"id": 9, "image_id": 99, "category_id": 3, "bbox": [0, 0, 1, 1]},
-     r"instances\.json: annotation 9 refers to image id 99, which is not in 'images'"),
-    ({"id": 9, "image_id": 10, "category_id": 4, "bbox": [0, 0, 1, 1]},
-     r"instances\.json: annotation 9 refers to category id 4, which is not in 'categories' \[3, 7, 12\]"),
-    ({"id": 9, "image_id": 10, "category_id": 3, "bbox": [0, 0, -1, 1]},
-     r"instances\.json: annotation 9: bbox must be \[x, y, width, height\] with sizes >= 0; got \[0, 0, -1, 1\]"),
-])
+@pytest.mark.parametrize(
+    "annotation, message",
+    [
+        (
+            {"id": 9, "image_id": 99, "category_id": 3, "bbox": [0, 0, 1, 1]},
+            r"instances\.json: annotation 9 refers to image id 99, which is not in 'images'",
+        ),
+        (
+            {"id": 9, "image_id": 10, "category_id": 4, "bbox": [0, 0, 1, 1]},
+            r"instances\.json: annotation 9 refers to category id 4, which is not in 'categories' \[3, 7, 12\]",
+        ),
+        (
+            {"id": 9, "image_id": 10, "category_id": 3, "bbox": [0, 0, -1, 1]},
+            r"instances\.json: annotation 9: bbox must be \[x, y, width, height\] with sizes >= 0; got \[0, 0, -1, 1\]",
+        ),
+    ],
+)
 def test_annotations_referring_to_nothing_are_errors_naming_the_file(tmp_path, annotation, message):
     with pytest.raises(ValueError, match=message):
         CocoSource(*write_coco(tmp_path, annotations=[annotation]))
@@ -122,8 +140,11 @@ def test_annotations_referring_to_nothing_are_errors_naming_the_file(tmp_path, a
 def test_a_box_more_than_a_pixel_outside_is_an_error(tmp_path):
     annotations = [{"id": 9, "image_id": 11, "category_id": 3, "bbox": [10, 10, 7.5, 2]}]  # x1 = 17.5 > 16 + 1
     source = CocoSource(*write_coco(tmp_path, annotations=annotations))
-    with pytest.raises(ValueError, match=r"b\.png: box \[10\.0, 10\.0, 17\.5, 12\.0\] \(xyxy\) of annotation 9 in "
-                                         r".*instances\.json lies more than a pixel outside the 16x16 image"):
+    with pytest.raises(
+        ValueError,
+        match=r"b\.png: box \[10\.0, 10\.0, 17\.5, 12\.0\] \(xyxy\) of annotation 9 in "
+        r".*instances\.json lies more than a pixel outside the 16x16 image",
+    ):
         source[1]
 
 

@@ -73,7 +73,11 @@ def test_folder_pipeline_end_to_end_with_distance_maps(image_folder):
 
 def test_class_weights_and_resampling():
     pixels = [900, 90, 10, 0]
-    np.testing.assert_allclose(balance.class_weights(pixels, "inverse"), np.array([1 / 0.9, 1 / 0.09, 1 / 0.01, 0]) / np.mean([1 / 0.9, 1 / 0.09, 1 / 0.01]), rtol=1e-6)
+    np.testing.assert_allclose(
+        balance.class_weights(pixels, "inverse"),
+        np.array([1 / 0.9, 1 / 0.09, 1 / 0.01, 0]) / np.mean([1 / 0.9, 1 / 0.09, 1 / 0.01]),
+        rtol=1e-6,
+    )
     median = balance.class_weights(pixels, "median")
     assert median[1] == pytest.approx(1.0 / np.mean([0.09 / 0.9, 1.0, 0.09 / 0.01]), rel=1e-6)
     present = [[True, False, False, False], [True, True, False, False], [True, False, True, False]]
@@ -89,9 +93,17 @@ def test_class_weights_and_resampling():
 def test_processes_share_one_global_training_stream():
     # Two processes with batch 2 each hold, step by step, the examples of one process with
     # batch 4, augmented identically: the global batch does not depend on the process count.
-    make = lambda index, count, batch: iter(train_dataset(  # noqa: E731
-        ShapesSource(10, size=32), batch_size=batch, image_size=(32, 32), seed=3, jitter=0.2,
-        process_index=index, process_count=count))
+    make = lambda index, count, batch: iter(
+        train_dataset(  # noqa: E731
+            ShapesSource(10, size=32),
+            batch_size=batch,
+            image_size=(32, 32),
+            seed=3,
+            jitter=0.2,
+            process_index=index,
+            process_count=count,
+        )
+    )
     single, shares = make(0, 1, 4), [make(i, 2, 2) for i in range(2)]
     for _ in range(4):  # crosses an epoch boundary
         whole = next(single)["image"]
@@ -101,7 +113,9 @@ def test_processes_share_one_global_training_stream():
 
 def test_every_process_gets_the_same_number_of_eval_batches():
     source = ShapesSource(9, size=32)  # 5 + 4 samples: the second process ends with padding
-    shares = [eval_batches(source, batch_size=1, image_size=(32, 32), process_index=i, process_count=2) for i in range(2)]
+    shares = [
+        eval_batches(source, batch_size=1, image_size=(32, 32), process_index=i, process_count=2) for i in range(2)
+    ]
     assert len(shares[0]) == len(shares[1]) == 5
     assert not shares[1][4]["valid"].any() and shares[0][4]["valid"].all()
     assert sum(int(share[i]["valid"].sum()) for share in shares for i in range(5)) == 9
@@ -125,7 +139,9 @@ def test_bad_samples_are_skipped_counted_and_named_when_asked(tmp_path, caplog):
     resumed = iter(train_dataset(source, batch_size=2, image_size=(16, 16), seed=0, num_threads=1))
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
-    val = eval_batches(SkippingSource(FolderSource(tmp_path / "data", num_classes=3)), batch_size=4, image_size=(16, 16))
+    val = eval_batches(
+        SkippingSource(FolderSource(tmp_path / "data", num_classes=3)), batch_size=4, image_size=(16, 16)
+    )
     assert [int(val[i]["valid"].sum()) for i in range(len(val))] == [3, 2]  # the bad one is padding
 
 
@@ -140,17 +156,28 @@ class _Samples:
         return self.samples[index]
 
 
-@pytest.mark.parametrize("sample, message", [
-    ({"image": np.zeros((8, 8), np.float32), "label": np.zeros((8, 8), np.int32)},
-     r"sample 0 of _Samples: image must be uint8 \[H, W, C\]; got float32 \[8, 8\]"),
-    ({"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 6), np.int32)},
-     r"sample 0 of _Samples: label must be integer \[H, W\] = \[8, 8\]; got int32 \[8, 6\]"),
-    ({"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 8), np.float32)},
-     r"label must be integer \[H, W\] = \[8, 8\]; got float32"),
-    ({"image": np.zeros((8, 8, 4), np.uint8), "label": np.zeros((8, 8), np.int32)},
-     r"image has 4 channels; config.data.mean/std name 3"),
-    ({"pixels": np.zeros((8, 8, 3), np.uint8)}, r"a sample needs 'image' and 'label'; got keys \['pixels'\]"),
-])
+@pytest.mark.parametrize(
+    "sample, message",
+    [
+        (
+            {"image": np.zeros((8, 8), np.float32), "label": np.zeros((8, 8), np.int32)},
+            r"sample 0 of _Samples: image must be uint8 \[H, W, C\]; got float32 \[8, 8\]",
+        ),
+        (
+            {"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 6), np.int32)},
+            r"sample 0 of _Samples: label must be integer \[H, W\] = \[8, 8\]; got int32 \[8, 6\]",
+        ),
+        (
+            {"image": np.zeros((8, 8, 3), np.uint8), "label": np.zeros((8, 8), np.float32)},
+            r"label must be integer \[H, W\] = \[8, 8\]; got float32",
+        ),
+        (
+            {"image": np.zeros((8, 8, 4), np.uint8), "label": np.zeros((8, 8), np.int32)},
+            r"image has 4 channels; config.data.mean/std name 3",
+        ),
+        ({"pixels": np.zeros((8, 8, 3), np.uint8)}, r"a sample needs 'image' and 'label'; got keys \['pixels'\]"),
+    ],
+)
 def test_samples_of_the_wrong_dtype_or_rank_are_errors_naming_the_sample(sample, message):
     from jaxseg.data.pipeline import CheckedSource
 

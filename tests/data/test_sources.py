@@ -46,7 +46,9 @@ def test_folder_source_reads_pairs_extra_channels_and_splits(image_folder):
 def test_folder_errors_name_the_file(image_folder):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(image_folder / "masks" / "img_000.png")
     source = FolderSource(image_folder, num_classes=3)
-    with pytest.raises(ValueError, match=r"img_000\.png: mask size \(10, 10\) differs from image img_000\.png \(24, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"img_000\.png: mask size \(10, 10\) differs from image img_000\.png \(24, 32\)"
+    ):
         source[0]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FolderSource(image_folder / "nothing", num_classes=3)

@@ -48,8 +48,10 @@ def test_split_is_seeded_disjoint_and_complete():
         text.split_documents(documents, val_fraction=1.5, seed=0)
 
 
-@pytest.mark.parametrize("sample", ["In the beginning God created the heaven and the earth.\n",
-                                    "  spaces,\ttabs\nand ünïcödé — ✓ 123  \n", ""])
+@pytest.mark.parametrize(
+    "sample",
+    ["In the beginning God created the heaven and the earth.\n", "  spaces,\ttabs\nand ünïcödé — ✓ 123  \n", ""],
+)
 def test_tokenizers_round_trip(sample, tmp_path):
     bpe = text.make_tokenizer("bpe", 300, text.kjv_chapters()[:50], tmp_path)
     assert (tmp_path / "tokenizer.json").exists() and 256 < bpe.vocab_size <= 300
@@ -78,8 +80,14 @@ def test_training_windows_are_shuffled_shifted_and_split_by_process():
     np.testing.assert_array_equal(np.diff(windows, axis=1), 1)  # contiguous slices of the stream
     assert len({int(w[0]) % 10 for w in windows}) > 3  # boundaries move
     assert windows.max() <= 999
-    parts = [iter(text.train_dataset(tokens, seq_len=10, batch_size=2, seed=0, process_index=p, process_count=2,
-                                     num_threads=1)) for p in range(2)]
+    parts = [
+        iter(
+            text.train_dataset(
+                tokens, seq_len=10, batch_size=2, seed=0, process_index=p, process_count=2, num_threads=1
+            )
+        )
+        for p in range(2)
+    ]
     interleaved = np.stack([next(parts[0])["tokens"], next(parts[1])["tokens"]], axis=1).reshape(4, 11)
     np.testing.assert_array_equal(interleaved, windows[:4])  # one global stream, rows p, p + 2, ...
 

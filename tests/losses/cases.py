@@ -40,9 +40,7 @@ LOSSES = {
     "focal_binary": lambda x, y: losses.focal_loss(
         x[..., :1], _binary(y), mode="binary", ignore_index=IGNORE, gamma=0.5, alpha=0.25
     ),
-    "sigmoid_focal": lambda x, y: losses.sigmoid_focal_loss(
-        x, _one_hot_targets(x, y), gamma=0.5, reduction="mean"
-    ),
+    "sigmoid_focal": lambda x, y: losses.sigmoid_focal_loss(x, _one_hot_targets(x, y), gamma=0.5, reduction="mean"),
     "dice": lambda x, y: losses.dice_loss(x, y, ignore_index=IGNORE),
     "dice_per_image_log": lambda x, y: losses.dice_loss(x, y, ignore_index=IGNORE, per_image=True, log_loss=True),
     "dice_binary": lambda x, y: losses.dice_loss(x[..., :1], _binary(y), mode="binary", ignore_index=IGNORE),
@@ -55,15 +53,26 @@ LOSSES = {
     "gradient_sobel_l1": lambda x, y: losses.gradient_loss(x, y, ignore_index=IGNORE, operator="sobel", p=1),
     "boundary": lambda x, y: losses.boundary_loss(x, _distance_maps(x, y)),
     "segmentation": lambda x, y: losses.segmentation_loss(
-        x, y, {"ce": 1.0, "dice": 1.0, "focal": 0.5, "lovasz": 0.5, "gradient": 0.1, "boundary": 0.01},
-        ignore_index=IGNORE, distance_maps=_distance_maps(x, y),
+        x,
+        y,
+        {"ce": 1.0, "dice": 1.0, "focal": 0.5, "lovasz": 0.5, "gradient": 0.1, "boundary": 0.01},
+        ignore_index=IGNORE,
+        distance_maps=_distance_maps(x, y),
     )[0],
 }
 
 # Losses that are >= 0 for any input and exactly 0 at a perfect, confident prediction.
 ZERO_AT_PERFECT = [
-    "cross_entropy_weighted", "focal_multiclass", "focal_multiclass_gamma_half", "dice", "jaccard",
-    "tversky", "generalized_dice", "lovasz", "gradient", "gradient_sobel_l1",
+    "cross_entropy_weighted",
+    "focal_multiclass",
+    "focal_multiclass_gamma_half",
+    "dice",
+    "jaccard",
+    "tversky",
+    "generalized_dice",
+    "lovasz",
+    "gradient",
+    "gradient_sobel_l1",
 ]
 # The boundary loss is signed by design (distance maps are negative inside the objects), and
 # so is the composed loss that includes it.

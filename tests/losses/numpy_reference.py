@@ -113,8 +113,19 @@ def smp_binary_focal(x, t, gamma, alpha=None, ignore_index=None):
 # ----------------------------------------------------------------------------- region
 
 
-def smp_tversky(probs, targets, alpha, beta, smooth=0.0, eps=1e-7, log_loss=False, classes=None,
-                class_weights=None, gamma=1.0, per_image=False):
+def smp_tversky(
+    probs,
+    targets,
+    alpha,
+    beta,
+    smooth=0.0,
+    eps=1e-7,
+    log_loss=False,
+    classes=None,
+    class_weights=None,
+    gamma=1.0,
+    per_image=False,
+):
     """smp soft_tversky_score on [B, N, C] flattened arrays with the L1 overlap, empty-class mask."""
     batch, num_classes = probs.shape[0], probs.shape[-1]
     probs = probs.reshape(batch, -1, num_classes)

@@ -85,10 +85,12 @@ def test_iou_losses_gradients_match_finite_differences(rng, name):
     b1, b2 = random_boxes(rng, (6,)), random_boxes(rng, (6,))
     b2[:3] = b1[:3] + rng.uniform(-0.5, 0.5, (3, 4)).astype(np.float32)  # overlapping pairs
     fn = getattr(losses, name)
-    for argnum, (jax_fn, numpy_fn, x) in enumerate([
-        (lambda x: fn(x, b2, reduction="sum"), lambda x: np.sum(np_box_losses(x, b2)[name]), b1),
-        (lambda x: fn(b1, x, reduction="sum"), lambda x: np.sum(np_box_losses(b1, x)[name]), b2),
-    ]):
+    for argnum, (jax_fn, numpy_fn, x) in enumerate(
+        [
+            (lambda x: fn(x, b2, reduction="sum"), lambda x: np.sum(np_box_losses(x, b2)[name]), b1),
+            (lambda x: fn(b1, x, reduction="sum"), lambda x: np.sum(np_box_losses(b1, x)[name]), b2),
+        ]
+    ):
         grad = jax.jit(jax.grad(jax_fn))(x)
         np.testing.assert_allclose(grad, ref.numeric_grad(numpy_fn, x), rtol=1e-3, atol=1e-4, err_msg=f"arg {argnum}")
 
@@ -190,7 +192,9 @@ def test_l1_and_the_beta_zero_limit(rng):
     x, y = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
     x[0] = y[0]  # d = 0: zero gradient, as torch's sign(0)
     for reduction in ("none", "mean", "sum"):
-        np.testing.assert_allclose(losses.l1_loss(x, y, reduction=reduction), np_reduce(np.abs(x - y), reduction), rtol=1e-6)
+        np.testing.assert_allclose(
+            losses.l1_loss(x, y, reduction=reduction), np_reduce(np.abs(x - y), reduction), rtol=1e-6
+        )
     np.testing.assert_allclose(losses.smooth_l1_loss(x, y, beta=0.0), losses.l1_loss(x, y), rtol=1e-6)
     for fn in (losses.l1_loss, lambda x, y: losses.smooth_l1_loss(x, y, beta=0.0), losses.smooth_l1_loss):
         grad = jax.grad(fn)(x, y)

@@ -41,8 +41,9 @@ def check_grad(jax_fn, numpy_fn, logits, rtol=1e-3, atol=1e-5):
 def test_cross_entropy_value(rng, reduction, weighted, ignore, smoothing):
     logits, labels = random_case(rng, ignore=ignore)
     weight = rng.uniform(0.2, 3, 4).astype(np.float32) if weighted else None
-    ours = losses.cross_entropy(logits, labels, class_weights=weight, ignore_index=ignore,
-                                label_smoothing=smoothing, reduction=reduction)
+    ours = losses.cross_entropy(
+        logits, labels, class_weights=weight, ignore_index=ignore, label_smoothing=smoothing, reduction=reduction
+    )
     expected = ref.cross_entropy(logits.astype(np.float64), labels, weight, ignore, smoothing, reduction)
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
     assert ours.dtype == jnp.float32
@@ -54,7 +55,8 @@ def test_cross_entropy_gradient(rng):
     options = dict(weight=weight, ignore_index=255, smoothing=0.2)
     check_grad(
         lambda x: losses.cross_entropy(x, labels, class_weights=weight, ignore_index=255, label_smoothing=0.2),
-        lambda x: ref.cross_entropy(x, labels, **options), logits,
+        lambda x: ref.cross_entropy(x, labels, **options),
+        logits,
     )
 
 
@@ -72,7 +74,8 @@ def test_cross_entropy_one_hot_targets_equal_labels(rng):
     one_hot = np.eye(4, dtype=np.float32)[labels]
     np.testing.assert_allclose(
         losses.cross_entropy(logits, one_hot, label_smoothing=0.2),
-        losses.cross_entropy(logits, labels, label_smoothing=0.2), rtol=1e-6,
+        losses.cross_entropy(logits, labels, label_smoothing=0.2),
+        rtol=1e-6,
     )
 
 
@@ -82,7 +85,8 @@ def test_cross_entropy_mask_equals_ignoring(rng):
     ignored = np.where(keep, labels, 255)
     np.testing.assert_allclose(
         losses.cross_entropy(logits, labels, mask=keep),
-        losses.cross_entropy(logits, ignored, ignore_index=255), rtol=1e-6,
+        losses.cross_entropy(logits, ignored, ignore_index=255),
+        rtol=1e-6,
     )
 
 
@@ -147,7 +151,8 @@ def test_binary_cross_entropy_ignore_and_smoothing(rng):
     np.testing.assert_allclose(ours, expected, rtol=1e-5)
     check_grad(
         lambda z: losses.binary_cross_entropy(z, y, ignore_index=-1, label_smoothing=0.1),
-        lambda z: ref.bce_with_logits(z, smoothed)[keep].mean(), x,
+        lambda z: ref.bce_with_logits(z, smoothed)[keep].mean(),
+        x,
     )
 
 
@@ -172,7 +177,8 @@ def test_softmax_focal_gamma_zero_is_cross_entropy(rng):
         np.testing.assert_allclose(
             losses.focal_loss(logits, labels, gamma=0.0, ignore_index=255, class_weights=weight, reduction=reduction),
             losses.cross_entropy(logits, labels, ignore_index=255, class_weights=weight, reduction=reduction),
-            rtol=1e-6, atol=1e-7,
+            rtol=1e-6,
+            atol=1e-7,
         )
 
 
@@ -181,7 +187,8 @@ def test_softmax_focal_scalar_alpha_weights_background_by_one_minus_alpha(rng):
     alpha = np.where(np.arange(4) == 0, 0.75, 0.25)
     np.testing.assert_allclose(
         losses.focal_loss(logits, labels, alpha=0.25, reduction="none"),
-        alpha[labels] * np.asarray(losses.focal_loss(logits, labels, reduction="none")), rtol=1e-6,
+        alpha[labels] * np.asarray(losses.focal_loss(logits, labels, reduction="none")),
+        rtol=1e-6,
     )
 
 

@@ -40,9 +40,18 @@ def test_terms_equal_standalone_losses(case, per_image):
     options = dict(class_weights=np.array([0.5, 1, 2, 1], np.float32), smoothing=0.1, gamma=1.5, alpha=0.7, beta=0.3)
     weights = {name: float(i + 1) for i, name in enumerate(losses.TERMS)}
     total, terms = losses.segmentation_loss(
-        logits, labels, weights, class_weights=options["class_weights"], label_smoothing=options["smoothing"],
-        focal_gamma=options["gamma"], tversky_alpha=options["alpha"], tversky_beta=options["beta"],
-        ignore_index=255, per_image=per_image, gradient_operator="sobel", distance_maps=distances,
+        logits,
+        labels,
+        weights,
+        class_weights=options["class_weights"],
+        label_smoothing=options["smoothing"],
+        focal_gamma=options["gamma"],
+        tversky_alpha=options["alpha"],
+        tversky_beta=options["beta"],
+        ignore_index=255,
+        per_image=per_image,
+        gradient_operator="sobel",
+        distance_maps=distances,
         boundary_classes=(1, 2),
     )
     expected = standalone_terms(logits, labels, distances, per_image=per_image, **options)
@@ -61,6 +70,7 @@ def test_only_requested_terms_are_computed(case):
 
 def test_vmap_over_stacked_losses_equals_each_loss(case):
     logits, labels, _ = case
+
     def variant(weights, **options):
         # Stacked variants share one structure: every term present, class weights always set.
         options.setdefault("class_weights", jnp.ones(4))
@@ -84,9 +94,9 @@ def test_vmap_over_stacked_losses_equals_each_loss(case):
 def test_gradient_through_vmapped_weights(case):
     logits, labels, _ = case
     weights = {"ce": jnp.array([1.0, 0.0]), "dice": jnp.array([0.0, 1.0])}
-    grads = jax.vmap(
-        lambda w: jax.grad(lambda x: losses.segmentation_loss(x, labels, w, ignore_index=255)[0])(logits)
-    )(weights)
+    grads = jax.vmap(lambda w: jax.grad(lambda x: losses.segmentation_loss(x, labels, w, ignore_index=255)[0])(logits))(
+        weights
+    )
     np.testing.assert_allclose(
         grads[0], jax.grad(lambda x: losses.cross_entropy(x, labels, ignore_index=255))(logits), rtol=1e-5, atol=1e-8
     )

@@ -59,7 +59,8 @@ def test_mask_equals_ignore_index(rng):
     keep = rng.random(labels.shape) > 0.3
     np.testing.assert_allclose(
         losses.lovasz_loss(logits, labels, mask=keep, per_image=True),
-        losses.lovasz_loss(logits, np.where(keep, labels, 255), ignore_index=255, per_image=True), rtol=1e-6,
+        losses.lovasz_loss(logits, np.where(keep, labels, 255), ignore_index=255, per_image=True),
+        rtol=1e-6,
     )
 
 

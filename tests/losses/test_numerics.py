@@ -13,9 +13,22 @@ from tests.losses.cases import IGNORE, LOSSES
 NAMES = sorted(LOSSES)
 NEEDS_TWO_PIXELS = {"gradient", "gradient_sobel_l1"}
 IGNORE_AWARE_ZERO = [
-    "cross_entropy", "cross_entropy_weighted", "binary_cross_entropy", "focal_multiclass",
-    "focal_multiclass_gamma_half", "focal_binary", "dice", "dice_per_image_log", "dice_binary", "jaccard",
-    "tversky", "generalized_dice", "lovasz", "lovasz_binary", "gradient", "gradient_sobel_l1",
+    "cross_entropy",
+    "cross_entropy_weighted",
+    "binary_cross_entropy",
+    "focal_multiclass",
+    "focal_multiclass_gamma_half",
+    "focal_binary",
+    "dice",
+    "dice_per_image_log",
+    "dice_binary",
+    "jaccard",
+    "tversky",
+    "generalized_dice",
+    "lovasz",
+    "lovasz_binary",
+    "gradient",
+    "gradient_sobel_l1",
 ]
 
 

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from tests.losses.cases import IGNORE, LOSSES, NONNEGATIVE, ZERO_AT_PERFECT
 
 # Few distinct shapes keep the number of compilations bounded.
-shapes = st.tuples(st.sampled_from([1, 2]), st.sampled_from([3, 4]), st.sampled_from([3, 5]), st.sampled_from([1, 2, 4]))
+shapes = st.tuples(
+    st.sampled_from([1, 2]), st.sampled_from([3, 4]), st.sampled_from([3, 5]), st.sampled_from([1, 2, 4])
+)
 
 
 @functools.cache
@@ -66,8 +68,9 @@ def test_zero_at_a_perfect_prediction(shape, seed, name, with_ignored):
 # ----------------------------------------------------------------------------- token losses
 
 TOKEN_IGNORE = -100
-token_shapes = st.tuples(st.sampled_from([1, 3]), st.sampled_from([4, 7]), st.sampled_from([8, 16]),
-                         st.sampled_from([5, 33]))
+token_shapes = st.tuples(
+    st.sampled_from([1, 3]), st.sampled_from([4, 7]), st.sampled_from([8, 16]), st.sampled_from([5, 33])
+)
 
 
 @functools.cache

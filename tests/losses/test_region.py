@@ -56,7 +56,9 @@ def test_region_loss_value_and_gradient(rng, name, options, ignore):
         assert value.shape == ()
         np.testing.assert_allclose(
             getattr(losses, f"{name}_loss")(logits, labels, ignore_index=ignore, reduction="none", **options, **extra),
-            expected(logits), rtol=1e-5, atol=1e-6,
+            expected(logits),
+            rtol=1e-5,
+            atol=1e-6,
         )
     np.testing.assert_allclose(value, np.mean(expected(logits)), rtol=1e-5, atol=1e-6)
     check_grad(ours, lambda x: np.mean(expected(x)), logits)
@@ -130,8 +132,9 @@ def test_generalized_dice(rng, weight_type, per_image, include_background):
 
     def expected(x):
         probs, onehot = masked_inputs(x, labels)
-        return np.mean(ref.monai_gdl(probs, onehot, weight_type, batch=not per_image,
-                                     include_background=include_background))
+        return np.mean(
+            ref.monai_gdl(probs, onehot, weight_type, batch=not per_image, include_background=include_background)
+        )
 
     np.testing.assert_allclose(ours(logits), expected(logits.astype(np.float64)), rtol=1e-5)
     check_grad(ours, expected, logits)
@@ -142,5 +145,6 @@ def test_generalized_dice_ignore_drops_pixels(rng):
     probs, onehot = masked_inputs(logits, labels, 255)
     np.testing.assert_allclose(
         losses.generalized_dice_loss(logits, labels, ignore_index=255, reduction="none"),
-        ref.monai_gdl(probs, onehot), rtol=1e-5,
+        ref.monai_gdl(probs, onehot),
+        rtol=1e-5,
     )

@@ -114,11 +114,13 @@ def test_bf16_inputs_accumulate_in_float32():
     # The reference: the same bf16 values, everything after them in float64.
     expected, _ = reference(np.asarray(hb, np.float64) @ np.asarray(wb, np.float64) + np.asarray(b), t)
     loss, grads = jax.value_and_grad(
-        lambda h, w: linear_cross_entropy(h, w, t, bias=b, chunk_size=(16, 64)).loss, argnums=(0, 1))(hb, wb)
+        lambda h, w: linear_cross_entropy(h, w, t, bias=b, chunk_size=(16, 64)).loss, argnums=(0, 1)
+    )(hb, wb)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert grads[0].dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
     naive_grads = jax.grad(lambda h, w: token_cross_entropy(h @ w + b, t).loss, argnums=(0, 1))(
-        hb.astype(jnp.float32), wb.astype(jnp.float32))
+        hb.astype(jnp.float32), wb.astype(jnp.float32)
+    )
     for g, e in zip(grads, naive_grads):
         np.testing.assert_allclose(np.asarray(g, np.float32), e, rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(e))))
 
@@ -129,18 +131,22 @@ def test_vmap_over_sequences_and_all_ignored():
     expected = jax.vmap(lambda h, t: token_cross_entropy(h @ w + b, t).loss)(h, t)
     np.testing.assert_allclose(per_sequence, expected, rtol=1e-6)
     ignored = jnp.full_like(t, IGNORE)
-    loss, grads = jax.value_and_grad(lambda h, w: linear_cross_entropy(h, w, ignored, ignore_index=IGNORE).loss,
-                                     argnums=(0, 1))(h, w)
+    loss, grads = jax.value_and_grad(
+        lambda h, w: linear_cross_entropy(h, w, ignored, ignore_index=IGNORE).loss, argnums=(0, 1)
+    )(h, w)
     assert float(loss) == 0.0 and all(float(jnp.abs(g).max()) == 0.0 for g in grads)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda h, w, t: linear_cross_entropy(h, w.T, t), "weight must be"),
-    (lambda h, w, t: linear_cross_entropy(h, w, t[:, :-1]), "targets shape"),
-    (lambda h, w, t: linear_cross_entropy(h, w, t.astype(jnp.float32)), "integer token ids"),
-    (lambda h, w, t: linear_cross_entropy(h, w, t, bias=jnp.zeros(3)), "bias shape"),
-    (lambda h, w, t: token_cross_entropy(h @ w, t, reduction="avg"), "reduction"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda h, w, t: linear_cross_entropy(h, w.T, t), "weight must be"),
+        (lambda h, w, t: linear_cross_entropy(h, w, t[:, :-1]), "targets shape"),
+        (lambda h, w, t: linear_cross_entropy(h, w, t.astype(jnp.float32)), "integer token ids"),
+        (lambda h, w, t: linear_cross_entropy(h, w, t, bias=jnp.zeros(3)), "bias shape"),
+        (lambda h, w, t: token_cross_entropy(h @ w, t, reduction="avg"), "reduction"),
+    ],
+)
 def test_bad_input_is_named(call, message):
     h, w, _, t = problem()
     with pytest.raises((ValueError, TypeError), match=message):

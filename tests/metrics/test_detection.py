@@ -157,8 +157,10 @@ def iou(a, b):
 
 def average_precision(images, label, threshold):
     truth = [[box for box, c in gt if c == label] for gt, _ in images]
-    found = sorted(((score, i, box) for i, (_, dets) in enumerate(images) for box, score, c in dets if c == label),
-                   key=lambda d: -d[0])
+    found = sorted(
+        ((score, i, box) for i, (_, dets) in enumerate(images) for box, score, c in dets if c == label),
+        key=lambda d: -d[0],
+    )
     used = [np.zeros(len(t), bool) for t in truth]
     hits = []
     for _, i, box in found:
@@ -211,7 +213,8 @@ def test_map_equals_an_independent_101_point_ap(seed):
 
 def test_coco_map_takes_stacked_samples_and_the_valid_flag():
     gt_boxes, gt_classes, gt_mask, det_boxes, det_scores, det_classes, det_mask = padded(
-        [([([0, 0, 10, 10], 0)], [([0, 0, 10, 10], 0.9, 0)]), ([([0, 0, 10, 10], 0)], [])])
+        [([([0, 0, 10, 10], 0)], [([0, 0, 10, 10], 0.9, 0)]), ([([0, 0, 10, 10], 0)], [])]
+    )
     ground_truth = {"boxes": gt_boxes, "classes": gt_classes, "box_mask": gt_mask, "valid": np.array([True, False])}
     detections = {"boxes": det_boxes, "scores": det_scores, "classes": det_classes, "box_mask": det_mask}
     assert coco_map(ground_truth, detections, CLASSES)["map"] == pytest.approx(1.0)

@@ -35,10 +35,13 @@ MODELS = {
 }
 # The default run covers one LSTM and one Transformer; the other variants run with -m slow.
 SLOW_VARIANTS = ("lstm-tied", "transformer-learned-untied")
-models = pytest.mark.parametrize("make", [
-    pytest.param(make, id=name, marks=[pytest.mark.slow] if name in SLOW_VARIANTS else [])
-    for name, make in MODELS.items()
-])
+models = pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(make, id=name, marks=[pytest.mark.slow] if name in SLOW_VARIANTS else [])
+        for name, make in MODELS.items()
+    ],
+)
 
 
 def random_tokens(seed=0, shape=(2, 12)):
@@ -218,8 +221,11 @@ def plain_scan_lstm(layer, x):
     return jnp.swapaxes(h, 0, 1).astype(layer.dtype)
 
 
-@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), pytest.param(jnp.bfloat16, 1e-2, marks=pytest.mark.slow)],
-                         ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype, rtol",
+    [(jnp.float32, 1e-5), pytest.param(jnp.bfloat16, 1e-2, marks=pytest.mark.slow)],
+    ids=["float32", "bfloat16"],
+)
 def test_lstm_layer_gradients_match_autodiff_of_a_plain_scan(dtype, rtol):
     layer = lstm(embed_dim=24, dtype=dtype).layers[0]
     x = jax.random.normal(jax.random.key(3), (3, 11, 24)).astype(dtype)

@@ -11,11 +11,14 @@ from flax import nnx
 from jaxseg.models import FCN, UNet
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(norm="group", upsampling="transpose"),
-    dict(norm="none", depth=2, dropout=0.2),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(norm="group", upsampling="transpose"),
+        dict(norm="none", depth=2, dropout=0.2),
+    ],
+)
 def test_unet_predicts_per_pixel(options):
     model = UNet(5, base_width=4, rngs=nnx.Rngs(0), **options)
     logits = model(jnp.ones((2, 32, 48, 3)), train=True, key=jax.random.key(0))

@@ -32,8 +32,7 @@ def markov_corpus(size, vocab=20, seed=0, process_seed=123):
 
 def next_token_distribution(model, context):
     """P(w | context) for every w, read off the last position of `context + [w]`."""
-    return np.array([np.exp(model.log_probs(np.array(list(context) + [w]))[-1])
-                     for w in range(model.vocab_size)])
+    return np.array([np.exp(model.log_probs(np.array(list(context) + [w]))[-1]) for w in range(model.vocab_size)])
 
 
 # ---------------------------------------------------------------- normalisation
@@ -59,7 +58,7 @@ def test_each_position_depends_on_at_most_order_minus_one_previous_tokens():
     model = NGramModel.fit(train, vocab_size=V, order=3)
     query = random_corpus(size=40, seed=1)
     whole = model.log_probs(query)
-    windows = [model.log_probs(query[max(0, i - 2): i + 1])[-1] for i in range(len(query))]
+    windows = [model.log_probs(query[max(0, i - 2) : i + 1])[-1] for i in range(len(query))]
     np.testing.assert_allclose(whole, windows, rtol=0, atol=1e-12)
 
 
@@ -68,23 +67,19 @@ def test_each_position_depends_on_at_most_order_minus_one_previous_tokens():
 
 def test_add_k_matches_hand_computation():
     # Bigrams of [0 1 0 1 2]: (0 1) x2, (1 0), (1 2); unigrams: 0 x2, 1 x2, 2 x1.
-    model = NGramModel.fit(np.array([0, 1, 0, 1, 2]), vocab_size=3, order=2,
-                           smoothing="add_k", k=1.0)
+    model = NGramModel.fit(np.array([0, 1, 0, 1, 2]), vocab_size=3, order=2, smoothing="add_k", k=1.0)
     expected = [
         (2 + 1) / (5 + 3),  # P(0): unigram, empty history
         (2 + 1) / (2 + 3),  # P(1 | 0): c(0 1) = 2, c(0 .) = 2
         (1 + 1) / (2 + 3),  # P(2 | 1): c(1 2) = 1, c(1 .) = 2
         (0 + 1) / (0 + 3),  # P(0 | 2): history 2 never followed by anything
     ]
-    np.testing.assert_allclose(model.log_probs(np.array([0, 1, 2, 0])), np.log(expected),
-                               rtol=1e-12)
+    np.testing.assert_allclose(model.log_probs(np.array([0, 1, 2, 0])), np.log(expected), rtol=1e-12)
 
 
 def test_add_k_uses_k():
-    model = NGramModel.fit(np.array([0, 1, 0, 1, 2]), vocab_size=3, order=2,
-                           smoothing="add_k", k=0.25)
-    assert model.log_probs(np.array([0, 1]))[-1] == pytest.approx(
-        math.log((2 + 0.25) / (2 + 0.75)), rel=1e-12)
+    model = NGramModel.fit(np.array([0, 1, 0, 1, 2]), vocab_size=3, order=2, smoothing="add_k", k=0.25)
+    assert model.log_probs(np.array([0, 1]))[-1] == pytest.approx(math.log((2 + 0.25) / (2 + 0.75)), rel=1e-12)
 
 
 # ---------------------------------------------------------------- Kneser-Ney reference
@@ -96,13 +91,15 @@ class ReferenceKneserNey:
     def __init__(self, train, vocab, order, discount=None):
         train = [int(t) for t in train]
         self.vocab, self.order = vocab, order
-        raw = {n: Counter(tuple(train[i - n + 1: i + 1]) for i in range(n - 1, len(train)))
-               for n in range(1, order + 1)}
+        raw = {
+            n: Counter(tuple(train[i - n + 1 : i + 1]) for i in range(n - 1, len(train))) for n in range(1, order + 1)
+        }
         # Continuation count of an n-gram: how many distinct tokens precede it.
         self.counts = {n: Counter(gram[1:] for gram in raw[n + 1]) for n in range(1, order)}
         self.counts[order] = raw[order]
-        self.discounts = {n: discount if discount is not None else self.estimate(self.counts[n])
-                          for n in range(1, order + 1)}
+        self.discounts = {
+            n: discount if discount is not None else self.estimate(self.counts[n]) for n in range(1, order + 1)
+        }
 
     @staticmethod
     def estimate(counts):
@@ -119,11 +116,10 @@ class ReferenceKneserNey:
         if total == 0:
             return lower
         d = self.discounts[n]
-        return (max(following.get(history + (word,), 0) - d, 0) / total
-                + d * len(following) / total * lower)
+        return max(following.get(history + (word,), 0) - d, 0) / total + d * len(following) / total * lower
 
     def log_prob_at(self, tokens, i):
-        history = tuple(int(t) for t in tokens[max(0, i - self.order + 1): i])
+        history = tuple(int(t) for t in tokens[max(0, i - self.order + 1) : i])
         return math.log(self.prob(int(tokens[i]), history))
 
 
@@ -167,25 +163,24 @@ def test_unseen_tokens_and_contexts_have_finite_log_probs(smoothing):
 @pytest.mark.parametrize("smoothing", ["add_k", "kneser_ney"])
 def test_training_perplexity_falls_with_order_on_structured_data(smoothing):
     train = markov_corpus(5000)
-    perplexity = {order: NGramModel.fit(train, vocab_size=20, order=order, smoothing=smoothing,
-                                        k=0.1).perplexity(train)
-                  for order in (1, 2, 3)}
+    perplexity = {
+        order: NGramModel.fit(train, vocab_size=20, order=order, smoothing=smoothing, k=0.1).perplexity(train)
+        for order in (1, 2, 3)
+    }
     assert perplexity[3] < perplexity[2] < perplexity[1]
 
 
 def test_kneser_ney_beats_add_one_on_held_out_data():
     train, held_out = markov_corpus(20000, seed=0), markov_corpus(5000, seed=1)
     kneser_ney = NGramModel.fit(train, vocab_size=20, order=3).perplexity(held_out)
-    add_one = NGramModel.fit(train, vocab_size=20, order=3, smoothing="add_k",
-                             k=1.0).perplexity(held_out)
+    add_one = NGramModel.fit(train, vocab_size=20, order=3, smoothing="add_k", k=1.0).perplexity(held_out)
     assert kneser_ney < add_one
 
 
 def test_bits_per_token_is_log2_perplexity():
     train = markov_corpus(1000)
     model = NGramModel.fit(train, vocab_size=20, order=2)
-    assert model.bits_per_token(train) == pytest.approx(math.log2(model.perplexity(train)),
-                                                        rel=1e-12)
+    assert model.bits_per_token(train) == pytest.approx(math.log2(model.perplexity(train)), rel=1e-12)
 
 
 def test_order_one_kneser_ney_is_discounted_unigram_plus_uniform():
@@ -200,27 +195,33 @@ def test_order_one_kneser_ney_is_discounted_unigram_plus_uniform():
 # ---------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(order=0), "order must be an int >= 1; got 0"),
-    (dict(smoothing="witten_bell"), "smoothing must be one of .*; got 'witten_bell'"),
-    (dict(vocab_size=0), "vocab_size must be an int >= 1; got 0"),
-    (dict(vocab_size=16384, order=5), r"vocab_size\*\*order must fit in int64"),
-    (dict(k=0.0, smoothing="add_k"), "k must be > 0; got 0.0"),
-    (dict(discount=1.5), r"discount must be in \(0, 1\] or None; got 1.5"),
-    (dict(discount=0.0), r"discount must be in \(0, 1\] or None; got 0.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(order=0), "order must be an int >= 1; got 0"),
+        (dict(smoothing="witten_bell"), "smoothing must be one of .*; got 'witten_bell'"),
+        (dict(vocab_size=0), "vocab_size must be an int >= 1; got 0"),
+        (dict(vocab_size=16384, order=5), r"vocab_size\*\*order must fit in int64"),
+        (dict(k=0.0, smoothing="add_k"), "k must be > 0; got 0.0"),
+        (dict(discount=1.5), r"discount must be in \(0, 1\] or None; got 1.5"),
+        (dict(discount=0.0), r"discount must be in \(0, 1\] or None; got 0.0"),
+    ],
+)
 def test_fit_rejects_bad_settings(kwargs, message):
     settings = dict(vocab_size=V, order=2) | kwargs
     with pytest.raises(ValueError, match=message):
         NGramModel.fit(random_corpus(50), **settings)
 
 
-@pytest.mark.parametrize("tokens, message", [
-    (np.array([0, 3, 12, 1]), r"tokens must be in \[0, 12\) \(vocab_size\); got 12 at position 2"),
-    (np.array([0, -1, 2]), r"tokens must be in \[0, 12\) \(vocab_size\); got -1 at position 1"),
-    (np.zeros((2, 3), np.int64), r"tokens must be a 1-D array; got shape \(2, 3\)"),
-    (np.array([0.0, 1.0]), "tokens must be integer ids; got dtype float64"),
-])
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        (np.array([0, 3, 12, 1]), r"tokens must be in \[0, 12\) \(vocab_size\); got 12 at position 2"),
+        (np.array([0, -1, 2]), r"tokens must be in \[0, 12\) \(vocab_size\); got -1 at position 1"),
+        (np.zeros((2, 3), np.int64), r"tokens must be a 1-D array; got shape \(2, 3\)"),
+        (np.array([0.0, 1.0]), "tokens must be integer ids; got dtype float64"),
+    ],
+)
 def test_bad_tokens_are_rejected_by_fit_and_log_probs(tokens, message):
     with pytest.raises(ValueError, match=message):
         NGramModel.fit(tokens, vocab_size=V, order=2)

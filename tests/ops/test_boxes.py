@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from jaxseg.ops import boxes as ops
-from jaxseg.ops.boxes import FORMATS, box_area, box_convert, box_iou, clip_boxes, generalized_box_iou, paired_giou, paired_iou
+from jaxseg.ops.boxes import (
+    FORMATS,
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes,
+    generalized_box_iou,
+    paired_giou,
+    paired_iou,
+)
 
 # Jitted once for the module: thresholds are traced, and equal shapes reuse one compilation.
 nms = jax.jit(ops.nms, static_argnames="max_outputs")
@@ -228,14 +237,21 @@ def test_batched_nms_is_nms_per_class(seed):
     boxes, scores = clustered_boxes(rng, n, clusters=3), rng.permutation(n).astype(np.float32)
     classes = rng.integers(0, 3, n)
     expected = np_nms(boxes, scores, 0.4, classes=classes)
-    merged = sorted((i for c in range(3) for i in np.flatnonzero(classes == c)[np_nms(boxes[classes == c], scores[classes == c], 0.4)]),
-                    key=lambda i: -scores[i])
+    merged = sorted(
+        (
+            i
+            for c in range(3)
+            for i in np.flatnonzero(classes == c)[np_nms(boxes[classes == c], scores[classes == c], 0.4)]
+        ),
+        key=lambda i: -scores[i],
+    )
     assert expected == merged
     assert unpack(*batched_nms(boxes, scores, classes, iou_threshold=0.4, max_outputs=n)) == expected
     assert len(expected) > len(np_nms(boxes, scores, 0.4)), "classes keep overlapping boxes apart"
     cut = float(np.quantile(scores, 0.3))
-    assert unpack(*batched_nms(boxes, scores, classes, iou_threshold=0.4, max_outputs=5, score_threshold=cut)) == (
-        np_nms(boxes, scores, 0.4, score_threshold=cut, classes=classes)[:5]
+    assert (
+        unpack(*batched_nms(boxes, scores, classes, iou_threshold=0.4, max_outputs=5, score_threshold=cut))
+        == (np_nms(boxes, scores, 0.4, score_threshold=cut, classes=classes)[:5])
     )
 
 

@@ -28,9 +28,15 @@ def test_distances_round_trip_and_centerness():
 
 def assign(boxes, classes, mask, *, size=8, stride=4, radius=1.5, num_classes=3):
     points = fcos.locations(size, size, stride)
-    return points, fcos.assign_targets(points, jnp.asarray(boxes, jnp.float32), jnp.asarray(classes),
-                                       jnp.asarray(mask), num_classes=num_classes, stride=stride,
-                                       center_radius=radius)
+    return points, fcos.assign_targets(
+        points,
+        jnp.asarray(boxes, jnp.float32),
+        jnp.asarray(classes),
+        jnp.asarray(mask),
+        num_classes=num_classes,
+        stride=stride,
+        center_radius=radius,
+    )
 
 
 def test_positive_locations_are_inside_the_box_and_near_its_centre():
@@ -88,8 +94,9 @@ def test_detect_decodes_the_best_location_and_suppresses_duplicates():
     # location 15 (28, 28) predicts class 0 hanging over the image border: clipped to 32.
     class_logits = class_logits.at[15, 0].set(2.0)
     distances = distances.at[15].set(jnp.asarray([4.0, 4.0, 10.0, 10.0]))
-    detections = fcos.detect(class_logits, distances, centerness, points, image_size=(32, 32), score_threshold=0.3,
-                             max_detections=5)
+    detections = fcos.detect(
+        class_logits, distances, centerness, points, image_size=(32, 32), score_threshold=0.3, max_detections=5
+    )
     mask = np.asarray(detections.mask)
     assert mask.sum() == 2
     np.testing.assert_allclose(detections.boxes[0], [8, 6, 20, 18])
@@ -108,8 +115,15 @@ def test_every_shape_box_gets_a_positive_location(radius):
     points = fcos.locations(16, 16, 4)
     for index in range(20):
         sample = make_detection_sample(0, "train", index, max_boxes=6)
-        targets = fcos.assign_targets(points, sample["boxes"], sample["classes"], sample["box_mask"], num_classes=4,
-                                      stride=4, center_radius=radius)
+        targets = fcos.assign_targets(
+            points,
+            sample["boxes"],
+            sample["classes"],
+            sample["box_mask"],
+            num_classes=4,
+            stride=4,
+            center_radius=radius,
+        )
         assigned = {tuple(b) for b in np.asarray(targets.boxes)[np.asarray(targets.positive)]}
         for box in sample["boxes"][sample["box_mask"]]:
             assert tuple(box) in assigned, (index, box)

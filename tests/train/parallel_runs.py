@@ -27,8 +27,9 @@ def config_for(mesh_shape=(-1,), fsdp_min_size=0, stop_after=0):
     from tests.train.tiny import tiny_config
 
     config = tiny_config()
-    config.train.update(steps=6, batch_size=8, eval_batch_size=8, log_every=1, eval_every=3, checkpoint_every=3,
-                        stop_after=stop_after)
+    config.train.update(
+        steps=6, batch_size=8, eval_batch_size=8, log_every=1, eval_every=3, checkpoint_every=3, stop_after=stop_after
+    )
     config.mesh.shape = tuple(mesh_shape)
     config.mesh.fsdp_min_size = fsdp_min_size
     return config
@@ -87,8 +88,9 @@ def process(workdir: Path, stop_after: int) -> None:
     index = jax.process_index()
     restored = restore(workdir / "run", "latest")
     np.savez(workdir / f"process_{index}.npz", **flat_params(restored.state))
-    (workdir / f"process_{index}.json").write_text(json.dumps(
-        dict(metrics, devices=jax.device_count(), processes=jax.process_count(), step=restored.step)))
+    (workdir / f"process_{index}.json").write_text(
+        json.dumps(dict(metrics, devices=jax.device_count(), processes=jax.process_count(), step=restored.step))
+    )
 
 
 def detection_config():
@@ -112,8 +114,9 @@ def detection(workdir: Path) -> None:
     config = detection_config()
     parallel.initialize_distributed(config)
     metrics = train_and_evaluate(config, workdir / "run")
-    (workdir / f"detection_{jax.process_index()}.json").write_text(json.dumps(
-        dict(metrics, devices=jax.device_count(), processes=jax.process_count())))
+    (workdir / f"detection_{jax.process_index()}.json").write_text(
+        json.dumps(dict(metrics, devices=jax.device_count(), processes=jax.process_count()))
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg.ablation import report, strategies, variants
+from jaxseg.ablation import strategies, variants
 from jaxseg.tasks import segmentation
 from jaxseg.train.loop import train_and_evaluate
 from tests.train.tiny import flat, saved_state, tiny_config
@@ -50,20 +50,30 @@ def test_variants_and_grid_expand_to_named_members():
     config.ablation.grid = {"loss": {"label_smoothing": [0.0, 0.1]}, "optim": {"learning_rate": [1e-3]}}
     members = variants.members(config)
     assert [m.name for m in members] == [
-        "ce,label_smoothing=0,learning_rate=0.001", "ce,label_smoothing=0.1,learning_rate=0.001",
-        "dice,label_smoothing=0,learning_rate=0.001", "dice,label_smoothing=0.1,learning_rate=0.001"]
-    assert members[1].overrides == {"loss.weights": {"ce": 1.0}, "loss.label_smoothing": 0.1, "optim.learning_rate": 1e-3}
+        "ce,label_smoothing=0,learning_rate=0.001",
+        "ce,label_smoothing=0.1,learning_rate=0.001",
+        "dice,label_smoothing=0,learning_rate=0.001",
+        "dice,label_smoothing=0.1,learning_rate=0.001",
+    ]
+    assert members[1].overrides == {
+        "loss.weights": {"ce": 1.0},
+        "loss.label_smoothing": 0.1,
+        "optim.learning_rate": 1e-3,
+    }
     member_cfg = variants.member_config(config, members[3])
     assert member_cfg.loss.weights.ce == 0.0 and member_cfg.loss.weights.dice == 1.0  # replaced whole
     assert member_cfg.loss.label_smoothing == 0.1 and config.loss.label_smoothing == 0.0  # a copy
     assert variants.members(tiny_config()) == []  # no ablation
 
 
-@pytest.mark.parametrize("variant, message", [
-    ({"data": {"image_size": (16, 16)}}, "cannot vary 'data.image_size'"),
-    ({"optim": {"b1": 0.5}}, "cannot vary 'optim.b1'"),
-    ({"loss": {"weights": {"cee": 1.0}}}, "unknown loss terms"),
-])
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"data": {"image_size": (16, 16)}}, "cannot vary 'data.image_size'"),
+        ({"optim": {"b1": 0.5}}, "cannot vary 'optim.b1'"),
+        ({"loss": {"weights": {"cee": 1.0}}}, "unknown loss terms"),
+    ],
+)
 def test_a_bad_variant_is_an_error_naming_the_key(variant, message):
     config = tiny_config()
     config.ablation.variants = {"bad": variant}
@@ -157,8 +167,13 @@ def test_ablation_report_and_logs(runs):
     assert results["unroll"]["miou"] == max(m["miou"] for m in results["unroll"]["members"].values())
     (workdir / "ablation.md").unlink()
     (workdir / "ablation.png").unlink()
-    subprocess.run([sys.executable, "-m", "jaxseg.ablation.report", f"--workdir={workdir}"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "jaxseg.ablation.report", f"--workdir={workdir}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     table = (workdir / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in VARIANTS) and (workdir / "ablation.png").stat().st_size > 0
 

@@ -15,9 +15,9 @@ from PIL import Image
 from configs import det_shapes
 from jaxseg.data.shapes import make_detection_sample
 from jaxseg.evaluate import evaluate_workdir
+from jaxseg.figures import read_metrics
 from jaxseg.predict import predict_files
 from jaxseg.tasks import detection
-from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,9 @@ def tiny_detection_config(compilation_cache: str = ""):
     config.data.update(train_samples=256, val_samples=24, num_threads=1)
     config.model.update(widths=(8, 16, 32), fpn_width=16, head_width=16, head_convs=1)
     config.optim.update(learning_rate=1e-2, warmup_steps=5)
-    config.train.update(steps=60, batch_size=8, eval_batch_size=8, log_every=20, eval_every=30, checkpoint_every=30,
-                        progress=False)
+    config.train.update(
+        steps=60, batch_size=8, eval_batch_size=8, log_every=20, eval_every=30, checkpoint_every=30, progress=False
+    )
     return config
 
 
@@ -99,12 +100,26 @@ def test_detection_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_runs_the_detection_config(tmp_path):
-    overrides = ["--config.data.train_samples=64", "--config.data.val_samples=8", "--config.train.steps=4",
-                 "--config.train.batch_size=4", "--config.train.eval_batch_size=4", "--config.optim.warmup_steps=1",
-                 "--config.train.eval_every=4", "--config.train.checkpoint_every=4", "--config.train.progress=False",
-                 "--config.compilation_cache=", "--config.model.widths=(8,16,32)"]
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config=configs/det_shapes.py",
-                             f"--workdir={tmp_path}", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    overrides = [
+        "--config.data.train_samples=64",
+        "--config.data.val_samples=8",
+        "--config.train.steps=4",
+        "--config.train.batch_size=4",
+        "--config.train.eval_batch_size=4",
+        "--config.optim.warmup_steps=1",
+        "--config.train.eval_every=4",
+        "--config.train.checkpoint_every=4",
+        "--config.train.progress=False",
+        "--config.compilation_cache=",
+        "--config.model.widths=(8,16,32)",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config=configs/det_shapes.py", f"--workdir={tmp_path}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP@.5" in result.stdout
 
@@ -144,8 +159,16 @@ def write_coco(root: Path, split: str, count: int) -> tuple[Path, Path]:
         images.append({"id": 100 + index, "file_name": f"{index:04d}.png", "height": 64, "width": 64})
         for box, kind in zip(sample["boxes"][sample["box_mask"]], sample["classes"][sample["box_mask"]]):
             x0, y0, x1, y1 = map(float, box)
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + index, "category_id": 10 * (int(kind) + 1),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + index,
+                    "category_id": 10 * (int(kind) + 1),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": 10 * (c + 1), "name": name} for c, name in enumerate(names)]
     annotations_file = root / f"instances_{split}.json"
     annotations_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -157,9 +180,16 @@ def test_training_on_a_coco_format_dataset(tmp_path):
     train_images, train_json = write_coco(tmp_path, "train", 32)
     val_images, val_json = write_coco(tmp_path, "val", 8)
     config = tiny_detection_config()
-    config.data.update(name="coco", train_images=str(train_images), train_annotations=str(train_json),
-                       val_images=str(val_images), val_annotations=str(val_json), class_names=(),
-                       scale_range=(0.75, 1.25), jitter=0.2)
+    config.data.update(
+        name="coco",
+        train_images=str(train_images),
+        train_annotations=str(train_json),
+        val_images=str(val_images),
+        val_annotations=str(val_json),
+        class_names=(),
+        scale_range=(0.75, 1.25),
+        jitter=0.2,
+    )
     config.train.update(steps=6, eval_every=6, checkpoint_every=6, log_every=3)
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert set(f"ap/{name}" for name in det_shapes.get_config().data.class_names) <= set(metrics)

@@ -15,10 +15,10 @@ from flax import nnx
 from configs import lm_lstm, lm_transformer
 from jaxseg.baseline import ngram_table
 from jaxseg.evaluate import evaluate_workdir
+from jaxseg.figures import read_metrics
 from jaxseg.generate import generate_text
 from jaxseg.tasks import language
 from jaxseg.train import parallel
-from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.program import compile_program
 from tests.train.tiny import flat, saved_state
@@ -29,9 +29,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_corpus(path: Path, lines: int = 1500) -> Path:
     """Sentences of a small grammar: predictable enough to learn in a few dozen steps."""
     rng = np.random.default_rng(0)
-    nouns, verbs, adjectives = ["king", "city", "river", "shepherd", "stone"], ["saw", "built", "blessed"], ["great", "old"]
-    sentences = [f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}.\n"
-                 for _ in range(lines)]
+    nouns, verbs, adjectives = (
+        ["king", "city", "river", "shepherd", "stone"],
+        ["saw", "built", "blessed"],
+        ["great", "old"],
+    )
+    sentences = [
+        f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}.\n"
+        for _ in range(lines)
+    ]
     path.write_text("".join(sentences), encoding="utf-8")
     return path
 
@@ -40,15 +46,17 @@ def tiny_lm_config(model: str, corpus: Path, compilation_cache: str = ""):
     config = (lm_lstm if model == "lstm" else lm_transformer).get_config()
     config.compilation_cache = compilation_cache
     config.tensorboard = False
-    config.data.update(corpus=str(corpus), vocab_size=300, seq_len=16, num_threads=1,
-                       eval_seq_len=32 if model == "lstm" else 0)  # the LSTM is scored on longer windows
+    config.data.update(
+        corpus=str(corpus), vocab_size=300, seq_len=16, num_threads=1, eval_seq_len=32 if model == "lstm" else 0
+    )  # the LSTM is scored on longer windows
     if model == "lstm":
         config.model.update(embed_dim=32, hidden_dim=32, num_layers=1)
     else:
         config.model.update(d_model=32, num_layers=2, num_heads=2)
     config.optim.update(learning_rate=3e-2 if model == "lstm" else 1e-2, warmup_steps=2)
-    config.train.update(steps=40, batch_size=8, eval_batch_size=8, log_every=10, eval_every=20, checkpoint_every=20,
-                        progress=False)
+    config.train.update(
+        steps=40, batch_size=8, eval_batch_size=8, log_every=10, eval_every=20, checkpoint_every=20, progress=False
+    )
     return config
 
 
@@ -112,8 +120,11 @@ def test_streaming_and_materialised_heads_agree(tmp_path):
         program = compile_program(config, mesh, language.Task(config))
         data = language.make_data(config, tmp_path / head)
         state = program.init()
-        state, metrics = program.train(state, parallel.global_batch(next(data.train), mesh=mesh),
-                                       program.place_hp(language.hyperparameters(config)))
+        state, metrics = program.train(
+            state,
+            parallel.global_batch(next(data.train), mesh=mesh),
+            program.place_hp(language.hyperparameters(config)),
+        )
         results.append((jax.device_get(metrics), flat(jax.device_get(state.params))))
     (streaming, streamed_params), (materialised, materialised_params) = results
     for key in ("loss", "loss_nll", "loss_z", "grad_norm", "correct", "tokens"):
@@ -153,9 +164,22 @@ def test_language_run_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_generate_command_line(trained):
     _, workdir, _ = trained["lstm"]
-    result = subprocess.run([sys.executable, "-m", "jaxseg.generate", f"--workdir={workdir}", "--prompt=the old",
-                             "--tokens=10", "--temperature=0.8", "--top_p=0.9"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxseg.generate",
+            f"--workdir={workdir}",
+            "--prompt=the old",
+            "--tokens=10",
+            "--temperature=0.8",
+            "--top_p=0.9",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("the old")
 
@@ -178,8 +202,12 @@ def test_a_language_model_ablation_trains_its_members_as_separate_runs_would(tmp
     config = tiny_lm_config("lstm", corpus)
     config.train.update(steps=10, log_every=5, eval_every=10, checkpoint_every=10)
     single = train_and_evaluate(config, tmp_path / "single")
-    config.ablation = dict(variants={"plain": {}, "smoothed": {"loss": {"label_smoothing": 0.2}}}, grid={},
-                           strategy="unroll", same_init=True)
+    config.ablation = dict(
+        variants={"plain": {}, "smoothed": {"loss": {"label_smoothing": 0.2}}},
+        grid={},
+        strategy="unroll",
+        same_init=True,
+    )
     result = train_and_evaluate(config, tmp_path / "ablation")
     members = result["members"]
     assert sorted(members) == ["plain", "smoothed"]

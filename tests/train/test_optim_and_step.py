@@ -6,9 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jaxseg.tasks import segmentation
@@ -25,13 +23,16 @@ def optim_config(**changes):
     return optim
 
 
-@pytest.mark.parametrize("changes, expected", [
-    (dict(schedule="constant"), {0: 4e-3, 500: 4e-3}),
-    (dict(schedule="exponential", decay_steps=100, decay_rate=0.5), {0: 4e-3, 100: 2e-3, 200: 1e-3}),
-    (dict(schedule="cosine", end_fraction=0.0), {0: 4e-3, 500: 2e-3, 1000: 0.0}),
-    (dict(schedule="warmup_cosine", warmup_steps=100, end_fraction=0.0), {0: 0.0, 50: 2e-3, 100: 4e-3, 1000: 0.0}),
-    (dict(schedule="piecewise", boundaries=(100, 300), scales=(0.1, 0.5)), {0: 4e-3, 150: 4e-4, 400: 2e-4}),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (dict(schedule="constant"), {0: 4e-3, 500: 4e-3}),
+        (dict(schedule="exponential", decay_steps=100, decay_rate=0.5), {0: 4e-3, 100: 2e-3, 200: 1e-3}),
+        (dict(schedule="cosine", end_fraction=0.0), {0: 4e-3, 500: 2e-3, 1000: 0.0}),
+        (dict(schedule="warmup_cosine", warmup_steps=100, end_fraction=0.0), {0: 0.0, 50: 2e-3, 100: 4e-3, 1000: 0.0}),
+        (dict(schedule="piecewise", boundaries=(100, 300), scales=(0.1, 0.5)), {0: 4e-3, 150: 4e-4, 400: 2e-4}),
+    ],
+)
 def test_schedules(changes, expected):
     schedule = learning_rate_schedule(optim_config(**changes), total_steps=1000)
     for step, value in expected.items():
@@ -48,7 +49,9 @@ def test_unknown_schedule_and_optimizer_are_errors():
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "muon"])
 def test_decoupled_weight_decay_touches_kernels_only(name):
     params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3)}
-    tx = make_optimizer(optim_config(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5, clip_norm=0.0), 10)
+    tx = make_optimizer(
+        optim_config(name=name, schedule="constant", learning_rate=0.1, weight_decay=0.5, clip_norm=0.0), 10
+    )
     state = tx.init(params)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, state = tx.update(zero, state, params)
@@ -67,13 +70,18 @@ def test_muon_takes_the_hidden_matrices_and_leaves_embeddings_heads_and_vectors_
 
     def on_muon(model):
         labels = muon_labels(nnx.state(model, nnx.Param))
-        return {jax.tree_util.keystr(path) for path, label in jax.tree_util.tree_leaves_with_path(labels)
-                if label == "muon"}
+        return {
+            jax.tree_util.keystr(path) for path, label in jax.tree_util.tree_leaves_with_path(labels) if label == "muon"
+        }
 
-    transformer = TransformerLanguageModel(50, d_model=16, num_layers=2, num_heads=2, max_len=8, positions="learned",
-                                           rngs=nnx.Rngs(0))
-    expected = {f"['blocks'][{i}]{name}['kernel'].value"
-                for i in range(2) for name in ("['attention']['qkv']", "['attention']['out']", "['mlp_in']", "['mlp_out']")}
+    transformer = TransformerLanguageModel(
+        50, d_model=16, num_layers=2, num_heads=2, max_len=8, positions="learned", rngs=nnx.Rngs(0)
+    )
+    expected = {
+        f"['blocks'][{i}]{name}['kernel'].value"
+        for i in range(2)
+        for name in ("['attention']['qkv']", "['attention']['out']", "['mlp_in']", "['mlp_out']")
+    }
     assert on_muon(transformer) == expected  # not the token or position embeddings, biases or norms
     lstm = LSTMLanguageModel(50, embed_dim=8, hidden_dim=8, num_layers=1, rngs=nnx.Rngs(0))
     assert on_muon(lstm) == {"['layers'][0]['w_ih'].value", "['layers'][0]['w_hh'].value"}  # not the untied output
@@ -87,11 +95,18 @@ def test_muon_orthogonalises_matrix_updates_at_adam_rms_and_runs_adam_elsewhere(
     embedding and the bias take Adam's first step, -lr * sign(g)."""
     lr = 0.01
     rng = np.random.default_rng(0)
-    params = {"embedding": {"embedding": jnp.zeros((12, 6))}, "dense": {"kernel": jnp.zeros((6, 10)), "bias": jnp.zeros(10)},
-              "conv": {"kernel": jnp.zeros((3, 3, 2, 4))}}
+    params = {
+        "embedding": {"embedding": jnp.zeros((12, 6))},
+        "dense": {"kernel": jnp.zeros((6, 10)), "bias": jnp.zeros(10)},
+        "conv": {"kernel": jnp.zeros((3, 3, 2, 4))},
+    }
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    tx = make_optimizer(optim_config(name="muon", schedule="constant", learning_rate=lr, weight_decay=0.0, clip_norm=0.0,
-                                     momentum=0.95), 10)
+    tx = make_optimizer(
+        optim_config(
+            name="muon", schedule="constant", learning_rate=lr, weight_decay=0.0, clip_norm=0.0, momentum=0.95
+        ),
+        10,
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     for kernel, fan_in, fan_out in ((updates["dense"]["kernel"], 6, 10), (updates["conv"]["kernel"], 18, 4)):
         matrix = -np.asarray(kernel).reshape(fan_in, fan_out) / (lr * 0.2 * max(fan_in, fan_out) ** 0.5)
@@ -103,8 +118,9 @@ def test_muon_orthogonalises_matrix_updates_at_adam_rms_and_runs_adam_elsewhere(
         assert np.sum(matrix * polar) / (np.linalg.norm(matrix) * np.linalg.norm(polar)) > 0.97
         assert float(np.sqrt(np.mean(np.asarray(kernel) ** 2))) == pytest.approx(0.2 * lr, rel=0.3)
     for name, leaf in (("embedding", ("embedding", "embedding")), ("bias", ("dense", "bias"))):
-        np.testing.assert_allclose(updates[leaf[0]][leaf[1]], -lr * np.sign(grads[leaf[0]][leaf[1]]), rtol=1e-4,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            updates[leaf[0]][leaf[1]], -lr * np.sign(grads[leaf[0]][leaf[1]]), rtol=1e-4, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -114,18 +130,33 @@ def test_muon_split_fused_orthogonalises_each_gate_or_projection_block(split):
     the fused matrix is one map."""
     lr, hidden = 0.01, 5
     rng = np.random.default_rng(1)
-    params = {"cell": {"w_hh": jnp.zeros((hidden, 4 * hidden))}, "attention": {"qkv": {"kernel": jnp.zeros((6, 3 * 4))}}}
+    params = {
+        "cell": {"w_hh": jnp.zeros((hidden, 4 * hidden))},
+        "attention": {"qkv": {"kernel": jnp.zeros((6, 3 * 4))}},
+    }
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    tx = make_optimizer(optim_config(name="muon", schedule="constant", learning_rate=lr, weight_decay=0.0, clip_norm=0.0,
-                                     momentum=0.95, muon_split_fused=split), 10)
+    tx = make_optimizer(
+        optim_config(
+            name="muon",
+            schedule="constant",
+            learning_rate=lr,
+            weight_decay=0.0,
+            clip_norm=0.0,
+            momentum=0.95,
+            muon_split_fused=split,
+        ),
+        10,
+    )
     updates, state = tx.update(grads, tx.init(params), params)
     assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
-    for update, grad, blocks in ((updates["cell"]["w_hh"], grads["cell"]["w_hh"], 4),
-                                 (updates["attention"]["qkv"]["kernel"], grads["attention"]["qkv"]["kernel"], 3)):
+    for update, grad, blocks in (
+        (updates["cell"]["w_hh"], grads["cell"]["w_hh"], 4),
+        (updates["attention"]["qkv"]["kernel"], grads["attention"]["qkv"]["kernel"], 3),
+    ):
         fan_in, width = update.shape[0], update.shape[1] // blocks
         for b in range(blocks):
-            block = -np.asarray(update[:, b * width:(b + 1) * width])
-            g = np.asarray(grad[:, b * width:(b + 1) * width])
+            block = -np.asarray(update[:, b * width : (b + 1) * width])
+            g = np.asarray(grad[:, b * width : (b + 1) * width])
             u, _, vt = np.linalg.svd(g, full_matrices=False)
             cosine = np.sum(block * (u @ vt)) / (np.linalg.norm(block) * np.linalg.norm(u @ vt))
             if split:
@@ -151,16 +182,23 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
     tx = make_optimizer(config.optim, 1000)
     state = init_state(make_model, tx, 0)
     hp = segmentation.loss_hyperparameters(config)
-    step = jax.jit(functools.partial(train_step, graphdef=model_graphdef(make_model), tx=tx,
-                                     task=segmentation.Task(config), seed=0))
+    step = jax.jit(
+        functools.partial(
+            train_step, graphdef=model_graphdef(make_model), tx=tx, task=segmentation.Task(config), seed=0
+        )
+    )
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8),
-             "label": rng.integers(0, 5, (2, 16, 16)).astype(np.int32)}
+    batch = {
+        "image": rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8),
+        "label": rng.integers(0, 5, (2, 16, 16)).astype(np.int32),
+    }
     good, metrics = step(state, batch, hp)
     assert int(metrics["skipped"]) == 0
     bad, metrics = step(good, batch, dict(hp, l1=jnp.float32(jnp.nan)))
     assert int(metrics["skipped"]) == 1 and int(bad.step) == int(good.step) + 1
-    for before, after in zip(jax.tree.leaves((good.params, good.model_state)), jax.tree.leaves((bad.params, bad.model_state))):
+    for before, after in zip(
+        jax.tree.leaves((good.params, good.model_state)), jax.tree.leaves((bad.params, bad.model_state))
+    ):
         np.testing.assert_array_equal(before, after)
     assert int(bad.opt_state.notfinite_count) == 1
     recovered, metrics = step(bad, batch, hp)

@@ -32,10 +32,20 @@ PARAMS_ATOL, LOSS_RTOL = 1e-3, 2e-5
 def run_module(args, *, devices: int, timeout: int, extra_env=None):
     """A `python -m tests.train.parallel_runs ...` subprocess with `devices` CPU devices; a hang
     is killed (SIGKILL: after jax.distributed.initialize a process ignores SIGTERM)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               **(extra_env or {}))
-    return subprocess.Popen([sys.executable, "-m", "tests.train.parallel_runs", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), timeout
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **(extra_env or {}),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.train.parallel_runs", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ), timeout
 
 
 def finish(processes):
@@ -72,13 +82,16 @@ def test_default_mesh_puts_every_device_on_data():
     assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
 
 
-@pytest.mark.parametrize("mesh, message", [
-    (dict(axes=("model",), shape=(-1,), axis_types=("auto",)), "must include 'data'"),
-    (dict(axes=("data",), shape=(2, 1), axis_types=("auto",)), "differ in length"),
-    (dict(axes=("data",), shape=(-1,), axis_types=("manual",)), "axis_types"),
-    (dict(axes=("data", "member"), shape=(-1, -1), axis_types=("auto", "auto")), "at most one axis"),
-    (dict(axes=("data",), shape=(jax.device_count() + 1,), axis_types=("auto",)), "needs"),
-])
+@pytest.mark.parametrize(
+    "mesh, message",
+    [
+        (dict(axes=("model",), shape=(-1,), axis_types=("auto",)), "must include 'data'"),
+        (dict(axes=("data",), shape=(2, 1), axis_types=("auto",)), "differ in length"),
+        (dict(axes=("data",), shape=(-1,), axis_types=("manual",)), "axis_types"),
+        (dict(axes=("data", "member"), shape=(-1, -1), axis_types=("auto", "auto")), "at most one axis"),
+        (dict(axes=("data",), shape=(jax.device_count() + 1,), axis_types=("auto",)), "needs"),
+    ],
+)
 def test_bad_mesh_config_names_the_key(mesh, message):
     with pytest.raises(ValueError, match=message) as error:
         parallel.make_mesh(mesh)
@@ -104,8 +117,10 @@ def test_fsdp_rule_splits_the_largest_divisible_axis_of_large_arrays():
 
 def test_global_batch_round_trips_through_local_rows():
     mesh = parallel.make_mesh()
-    batch = {"image": np.arange(2 * mesh.size * 3, dtype=np.uint8).reshape(2 * mesh.size, 3),
-             "valid": np.ones(2 * mesh.size, bool)}
+    batch = {
+        "image": np.arange(2 * mesh.size * 3, dtype=np.uint8).reshape(2 * mesh.size, 3),
+        "valid": np.ones(2 * mesh.size, bool),
+    }
     placed = parallel.global_batch(batch, mesh)
     assert placed["image"].sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(parallel.local_rows(placed["image"]), batch["image"])
@@ -136,8 +151,11 @@ def test_eight_devices_train_like_one_device(tmp_path):
         np.testing.assert_allclose(val["loss"], expected_val["loss"], rtol=1e-4)
         assert abs(val["pixel_accuracy"] - expected_val["pixel_accuracy"]) < 2e-3
     # The sharded state changes where arrays live, not what is computed.
-    assert_params_close(flat_params(restore(tmp_path / "fsdp8", "latest").state),
-                        flat_params(restore(tmp_path / "data8", "latest").state), 1e-6)
+    assert_params_close(
+        flat_params(restore(tmp_path / "fsdp8", "latest").state),
+        flat_params(restore(tmp_path / "data8", "latest").state),
+        1e-6,
+    )
 
 
 def free_port() -> int:
@@ -153,12 +171,21 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
     identical parameters, equal to the single-process run of the same global batch."""
     for stop_after in (3, 0):
         port = free_port()
-        finish([
-            run_module(["process", tmp_path, stop_after], devices=2, timeout=300, extra_env={
-                parallel.ENV_COORDINATOR: f"127.0.0.1:{port}", parallel.ENV_NUM_PROCESSES: "2",
-                parallel.ENV_PROCESS_ID: str(index)})
-            for index in range(2)
-        ])
+        finish(
+            [
+                run_module(
+                    ["process", tmp_path, stop_after],
+                    devices=2,
+                    timeout=300,
+                    extra_env={
+                        parallel.ENV_COORDINATOR: f"127.0.0.1:{port}",
+                        parallel.ENV_NUM_PROCESSES: "2",
+                        parallel.ENV_PROCESS_ID: str(index),
+                    },
+                )
+                for index in range(2)
+            ]
+        )
     results = [json.loads((tmp_path / f"process_{i}.json").read_text()) for i in range(2)]
     assert results[0] == results[1] and results[0]["processes"] == 2 and results[0]["devices"] == 4
     assert results[0]["step"] == 6
@@ -194,13 +221,23 @@ def test_two_processes_evaluate_detection_over_all_images(tmp_path):
     images and the evaluation gathers them all. 2 processes x 2 CPU devices see the 20
     images and score like the single-process run."""
     port = free_port()
-    finish([
-        run_module(["detection", tmp_path / "multi"], devices=2, timeout=300, extra_env={
-            parallel.ENV_COORDINATOR: f"127.0.0.1:{port}", parallel.ENV_NUM_PROCESSES: "2",
-            parallel.ENV_PROCESS_ID: str(index)})
-        for index in range(2)
-    ])
+    finish(
+        [
+            run_module(
+                ["detection", tmp_path / "multi"],
+                devices=2,
+                timeout=300,
+                extra_env={
+                    parallel.ENV_COORDINATOR: f"127.0.0.1:{port}",
+                    parallel.ENV_NUM_PROCESSES: "2",
+                    parallel.ENV_PROCESS_ID: str(index),
+                },
+            )
+            for index in range(2)
+        ]
+    )
     finish([run_module(["detection_single", tmp_path / "single"], devices=1, timeout=300)])
+
     def defined(path):  # NaN (an area range without boxes) is not equal to itself
         return {k: v for k, v in json.loads(path.read_text()).items() if v == v}
 

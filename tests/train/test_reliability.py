@@ -23,10 +23,18 @@ STEPS = 300
 
 
 def command(workdir: Path, cache: str, checkpoint_every: int) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'seg_shapes_unet.py'}",
-            f"--workdir={workdir}", f"--config.compilation_cache={cache}", *TINY_FLAGS,
-            f"--config.train.steps={STEPS}", "--config.train.log_every=5", f"--config.train.eval_every={STEPS}",
-            f"--config.train.checkpoint_every={checkpoint_every}"]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"--config={ROOT / 'configs' / 'seg_shapes_unet.py'}",
+        f"--workdir={workdir}",
+        f"--config.compilation_cache={cache}",
+        *TINY_FLAGS,
+        f"--config.train.steps={STEPS}",
+        "--config.train.log_every=5",
+        f"--config.train.eval_every={STEPS}",
+        f"--config.train.checkpoint_every={checkpoint_every}",
+    ]
 
 
 def trained_step(workdir: Path) -> int:
@@ -42,8 +50,9 @@ def wait_for_step(process, workdir: Path, step: int, timeout: float = 240) -> No
     deadline = time.monotonic() + timeout
     while trained_step(workdir) < step:
         if process.poll() is not None:
-            raise AssertionError(f"training exited with {process.returncode} before step {step}: "
-                                 f"{process.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"training exited with {process.returncode} before step {step}: {process.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"no step {step} within {timeout} s")
@@ -51,8 +60,9 @@ def wait_for_step(process, workdir: Path, step: int, timeout: float = 240) -> No
 
 
 def run_to_end(workdir: Path, cache: str, checkpoint_every: int) -> None:
-    result = subprocess.run(command(workdir, cache, checkpoint_every), cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        command(workdir, cache, checkpoint_every), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -78,8 +88,13 @@ def assert_same_final_state(workdir: Path, expected: dict) -> None:
 @pytest.mark.slow  # two training subprocesses; CI runs it
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_rerun_resumes(tmp_path, cache, uninterrupted, signum):
-    process = subprocess.Popen(command(tmp_path, cache, checkpoint_every=100), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command(tmp_path, cache, checkpoint_every=100),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(process, tmp_path, 20)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -97,8 +112,13 @@ def test_kill_9_at_random_moments_never_leaves_a_checkpoint_that_breaks_resume(t
     killed with SIGKILL at four random moments, restarted each time, and finally completed."""
     rng = random.Random(0)
     for _ in range(4):
-        process = subprocess.Popen(command(tmp_path, cache, checkpoint_every=3), cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command(tmp_path, cache, checkpoint_every=3),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         start = trained_step(tmp_path)
         wait_for_step(process, tmp_path, min(start + 5, STEPS - 30))
         time.sleep(rng.uniform(0.0, 1.5))
@@ -130,8 +150,11 @@ def test_checkify_mode_stops_a_bad_batch_inside_the_step_and_naming_it(tiny_conf
         results.append(float(jax.device_get(metrics["loss"])))
     assert results[0] == results[1]  # the checks change nothing on a good batch
     bad = dict(batch, label=np.where(batch["label"] == 1, 7, batch["label"]).astype(np.int32))
-    with pytest.raises(checkify.JaxRuntimeError, match=r"step 1: label values outside \[0, 5\) that are not the "
-                                                       r"ignore value 255: min 0, max 7"):
+    with pytest.raises(
+        checkify.JaxRuntimeError,
+        match=r"step 1: label values outside \[0, 5\) that are not the "
+        r"ignore value 255: min 0, max 7",
+    ):
         program.train(state, parallel.global_batch(bad, mesh=mesh), hp)
 
 
@@ -162,8 +185,9 @@ def test_a_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_stay(t
     from jaxseg.train.checkpoint import Checkpointer
 
     directory = tmp_path / "checkpoints"
-    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(directory)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_SCRIPT, str(directory)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert "ERROR: saving a checkpoint (step 2)" in result.stdout, result.stdout + result.stderr[-3000:]
     assert "File too large" in result.stdout and "The complete checkpoints [1] are intact" in result.stdout
     checkpoints = Checkpointer(directory, asynchronous=False)

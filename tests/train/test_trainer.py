@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from jaxseg.evaluate import evaluate_workdir
+from jaxseg.figures import read_metrics
 from jaxseg.predict import predict_files
 from jaxseg.train.inference import restore
-from jaxseg.figures import read_metrics
 from jaxseg.train.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,20 +103,34 @@ def test_bad_samples_stop_the_run_or_are_skipped_and_counted(tiny_config, tmp_pa
     assert logged and logged[-1] >= 1
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.train.stepz=3", "stepz"),
-    ("--config.optim.name=adagrad", "config.optim.name must be one of"),
-    ("--config.loss.class_weights=(1.0,2.0)", "config.loss.class_weights has 2 values"),
-    ("--config.data.ignore_index=0", "config.data.ignore_index=0 is a class id"),
-    ("--config.mesh.shape=(3,)", "config.mesh.shape=(3,) needs 3 devices"),
-    ("--config.ablation.variants={'a':{'data':{'seed':1}}}", "cannot vary 'data.seed'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.stepz=3", "stepz"),
+        ("--config.optim.name=adagrad", "config.optim.name must be one of"),
+        ("--config.loss.class_weights=(1.0,2.0)", "config.loss.class_weights has 2 values"),
+        ("--config.data.ignore_index=0", "config.data.ignore_index=0 is a class id"),
+        ("--config.mesh.shape=(3,)", "config.mesh.shape=(3,) needs 3 devices"),
+        ("--config.ablation.variants={'a':{'data':{'seed':1}}}", "cannot vary 'data.seed'"),
+    ],
+)
 def test_bad_config_fails_at_start_naming_the_key(override, message, tmp_path):
     result = subprocess.run(
-        [sys.executable, "train.py", "--config=configs/seg_shapes_unet.py", f"--workdir={tmp_path}", override,
-         "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.data.train_samples=8",
-         "--config.data.val_samples=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/seg_shapes_unet.py",
+            f"--workdir={tmp_path}",
+            override,
+            "--config.train.steps=2",
+            "--config.optim.warmup_steps=1",
+            "--config.data.train_samples=8",
+            "--config.data.val_samples=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]

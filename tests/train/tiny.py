@@ -12,10 +12,18 @@ import orbax.checkpoint as ocp
 from configs import seg_shapes_unet
 
 TINY_FLAGS = [  # the same config as command-line overrides of configs/seg_shapes_unet.py
-    "--config.tensorboard=False", "--config.data.train_samples=32", "--config.data.val_samples=6",
-    "--config.data.source_size=32", "--config.data.image_size=(32,32)", "--config.data.num_threads=1",
-    "--config.model.depth=2", "--config.model.base_width=4", "--config.optim.warmup_steps=2",
-    "--config.train.batch_size=4", "--config.train.eval_batch_size=4", "--config.train.progress=False",
+    "--config.tensorboard=False",
+    "--config.data.train_samples=32",
+    "--config.data.val_samples=6",
+    "--config.data.source_size=32",
+    "--config.data.image_size=(32,32)",
+    "--config.data.num_threads=1",
+    "--config.model.depth=2",
+    "--config.model.base_width=4",
+    "--config.optim.warmup_steps=2",
+    "--config.train.batch_size=4",
+    "--config.train.eval_batch_size=4",
+    "--config.train.progress=False",
 ]
 
 
@@ -31,8 +39,9 @@ def tiny_config(compilation_cache: str = ""):
     config.model.depth = 2
     config.model.base_width = 4
     config.optim.warmup_steps = 2
-    config.train.update(steps=8, batch_size=4, eval_batch_size=4, log_every=2, eval_every=4,
-                        checkpoint_every=4, progress=False)
+    config.train.update(
+        steps=8, batch_size=4, eval_batch_size=4, log_every=2, eval_every=4, checkpoint_every=4, progress=False
+    )
     return config
 
 
