@@ -184,6 +184,77 @@ def final_metrics(vals: list[dict], names: list, task) -> dict:
     return {**vals[best], "best_member": names[best], "members": dict(zip(names, vals))}
 
 
+def restore_or_init(checkpoints: Checkpointer, program: Program, train_iter):
+    """(state, its step): the latest checkpoint's (with the data iterator's position) or a new one."""
+    start = checkpoints.latest_step()
+    if start is None:
+        state = program.init()
+    else:
+        state = checkpoints.restore(start, program.abstract_state, train_iter)
+        print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
+    return state, int(np.max(jax.device_get(state.step)))
+
+
+def log_training(
+    logger, step: int, total, count: int, elapsed: float, *, task, program, names, data, units: int
+) -> list[dict]:
+    """Each member's summary of the last `count` steps (throughput of `units` images or tokens
+    a step, skipped bad samples), written to the metrics log; warns of skipped non-finite updates."""
+    summaries = [summarize(part, count, task) for part in program.per_member(jax.device_get(total))]
+    bad_samples = data.skipped_samples() if getattr(data, "skipped_samples", None) else None
+    for name, summary in zip(names, summaries):
+        summary[f"{task.throughput_unit}_per_second"] = count * units / elapsed
+        if bad_samples is not None:
+            summary["bad_samples_skipped"] = bad_samples
+        logger.write(step, "train", summary, member=name)
+        if summary["skipped"]:
+            log.warning(
+                "step %d%s: %d non-finite updates skipped in the last %d steps",
+                step,
+                of_member(name),
+                summary["skipped"],
+                count,
+            )
+    return summaries
+
+
+def stop_if_diverged(state, step: int, names: list, limit: int, checkpoints: Checkpointer) -> None:
+    """Raise `NonFiniteError` once a member's consecutive non-finite updates reach `limit`."""
+    consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
+    worst = int(np.argmax(consecutive))
+    if consecutive[worst] >= limit:
+        checkpoints.wait()
+        raise NonFiniteError(
+            f"step {step}: {consecutive[worst]} consecutive non-finite updates{of_member(names[worst])} "
+            f"(limit config.optim.max_consecutive_nonfinite={limit}); "
+            f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
+        )
+
+
+def checked_mesh(config):
+    """The device mesh of `config.mesh`, with the batch sizes checked to split over it."""
+    mesh = parallel.make_mesh(config.get("mesh"))
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    parallel.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
+    return mesh
+
+
+def prediction_figure(program, task, workdir: Path, data, is_main: bool, step: int, state, member: int):
+    """`evaluate`'s `figure` callback at `step`: `member`'s predictions of the first validation
+    batch (every process takes part), drawn by process 0 from its own rows; None when the task
+    draws nothing."""
+    if not task.draws_predictions:
+        return None
+
+    def draw(host, batch):
+        predictions = program.predict(state, batch, member)
+        if is_main:
+            task.save_figure(workdir / "figures" / f"val_step_{step:06d}.png", host,
+                             jax.tree.map(parallel.local_rows, predictions), data)  # fmt: skip
+
+    return draw
+
+
 def train_and_evaluate(config, workdir) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final
     validation metrics."""
@@ -192,66 +263,32 @@ def train_and_evaluate(config, workdir) -> dict:
     enable_compilation_cache(config.get("compilation_cache", ""))
     is_main = jax.process_index() == 0
     train_cfg = config.train
-    mesh = parallel.make_mesh(config.get("mesh"))
-    parallel.check_batch_size(train_cfg.batch_size, mesh)
-    parallel.check_batch_size(train_cfg.eval_batch_size, mesh, "config.train.eval_batch_size")
+    mesh = checked_mesh(config)
     place = functools.partial(parallel.global_batch, mesh=mesh)
     sync_every = SYNC_EVERY if mesh.size > 1 else None
 
     # ------------------------------------------------------------------ task, data, program, resume
     task = tasks.get(config)
     data = task.make_data(workdir)
-    train_iter, val_batches = data.train, data.val
+    train_iter = data.train
     program, hp, names = compile_for(config, mesh, task, workdir, data)
     checkpoints = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
-    start = checkpoints.latest_step()
-    if start is None:
-        state = program.init()
-    else:
-        state = checkpoints.restore(start, program.abstract_state, train_iter)
-        print(f"resumed from the checkpoint of step {start} in {checkpoints.directory}")
-    start = int(np.max(jax.device_get(state.step)))
+    state, start = restore_or_init(checkpoints, program, train_iter)
     logger = MetricsLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
     config_dict = config.to_dict()
     shown = 0  # the member whose predictions are drawn and whose loss the progress bar shows
     units = task.units_per_batch(train_cfg.batch_size)
     sign = 1.0 if task.higher_is_better else -1.0
     run_evaluation = functools.partial(
-        evaluate,
-        hp=hp,
-        batches=val_batches,
-        compiled_eval=program.eval,
-        task=task,
-        per_member=program.per_member,
-        place=place,
-        with_predictions=program.eval_with_predictions,
-    )
-
-    def figure(step):
-        if not task.draws_predictions:
-            return None
-
-        def draw(host, batch):
-            predictions = program.predict(state, batch, shown)  # every process takes part ...
-            if is_main:  # ... process 0 draws its own rows
-                task.save_figure(
-                    workdir / "figures" / f"val_step_{step:06d}.png",
-                    host,
-                    jax.tree.map(parallel.local_rows, predictions),
-                    data,
-                )
-
-        return draw
+        evaluate, hp=hp, batches=data.val, compiled_eval=program.eval, task=task, per_member=program.per_member,
+        place=place, with_predictions=program.eval_with_predictions,
+    )  # fmt: skip
+    figure = functools.partial(prediction_figure, program, task, workdir, data, is_main)
 
     # ------------------------------------------------------------------ loop
     total, count, last_log, vals = None, 0, time.perf_counter(), []
-    progress = tqdm(
-        total=train_cfg.steps,
-        initial=start,
-        disable=not (is_main and train_cfg.progress),
-        dynamic_ncols=True,
-        desc="train",
-    )
+    progress = tqdm(total=train_cfg.steps, initial=start, disable=not (is_main and train_cfg.progress),
+                    dynamic_ncols=True, desc="train")  # fmt: skip
     stop = min(train_cfg.steps, train_cfg.stop_after) if train_cfg.get("stop_after") else train_cfg.steps
     with PreemptionWatch() as preemption:
         for step in range(start + 1, stop + 1):
@@ -264,42 +301,19 @@ def train_and_evaluate(config, workdir) -> dict:
             progress.update(1)
 
             if step % train_cfg.log_every == 0 or step == stop:
-                consecutive = np.atleast_1d(jax.device_get(nonfinite_counts(state.opt_state)[0]))
-                elapsed = time.perf_counter() - last_log
-                summaries = [summarize(part, count, task) for part in program.per_member(jax.device_get(total))]
-                bad_samples = data.skipped_samples() if getattr(data, "skipped_samples", None) else None
-                for name, summary in zip(names, summaries):
-                    summary[f"{task.throughput_unit}_per_second"] = count * units / elapsed
-                    if bad_samples is not None:
-                        summary["bad_samples_skipped"] = bad_samples
-                    logger.write(step, "train", summary, member=name)
-                    if summary["skipped"]:
-                        log.warning(
-                            "step %d%s: %d non-finite updates skipped in the last %d steps",
-                            step,
-                            of_member(name),
-                            summary["skipped"],
-                            count,
-                        )
-                summary = summaries[shown]
+                summaries = log_training(logger, step, total, count, time.perf_counter() - last_log, task=task,
+                                         program=program, names=names, data=data, units=units)  # fmt: skip
                 progress.set_postfix(
-                    **task.progress(summary),
-                    per_s=f"{summary[f'{task.throughput_unit}_per_second']:.0f}",
+                    **task.progress(summaries[shown]),
+                    per_s=f"{summaries[shown][f'{task.throughput_unit}_per_second']:.0f}",
                     **({} if names[shown] is None else {"member": names[shown]}),
                 )
-                worst = int(np.argmax(consecutive))
-                if consecutive[worst] >= config.optim.max_consecutive_nonfinite:
-                    checkpoints.wait()
-                    raise NonFiniteError(
-                        f"step {step}: {consecutive[worst]} consecutive non-finite updates{of_member(names[worst])} "
-                        f"(limit config.optim.max_consecutive_nonfinite={config.optim.max_consecutive_nonfinite}); "
-                        f"the last checkpoint (step {checkpoints.latest_step()}) is intact"
-                    )
+                stop_if_diverged(state, step, names, config.optim.max_consecutive_nonfinite, checkpoints)
                 total, count, last_log = None, 0, time.perf_counter()
 
             evaluate_now = step % train_cfg.eval_every == 0 or step == train_cfg.steps
             if evaluate_now:
-                vals = run_evaluation(state, figure=figure(step))
+                vals = run_evaluation(state, figure=figure(step, state, shown))
                 for name, val in zip(names, vals):
                     logger.write(step, "val", val, member=name)
                 shown = best_index(vals, task)
