@@ -141,9 +141,11 @@ class TransformerLanguageModel(OutputHead, nnx.Module):
         self.dtype = dtype
         init = embedding_init(d_model)
         self.embedding = nnx.Embed(vocab_size, d_model, dtype=dtype, embedding_init=init, rngs=rngs)
-        self.position_embedding: nnx.Embed | None = None
+        # Assigned once: Flax 0.12.12 keeps an attribute first set to None static, then refuses a module.
+        position_embedding: nnx.Embed | None = None
         if positions == "learned":
-            self.position_embedding = nnx.Embed(max_len, d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+            position_embedding = nnx.Embed(max_len, d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+        self.position_embedding = position_embedding
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
         use_rope = positions == "rope"
         self.blocks = nnx.List(
