@@ -165,7 +165,12 @@ class Task(base.Task):
         self.loss_options = dict(alpha=config.loss.focal_alpha, gamma=config.loss.focal_gamma)
         self.center_radius = config.loss.center_radius
         self.detection_options = dict(config.detection)
-        self.class_names = tuple(config.data.class_names) or tuple(f"class {c}" for c in range(self.num_classes))
+
+    @property
+    def class_names(self) -> tuple:
+        """The config's class names, read when asked: `make_data` fills them in from a COCO
+        file's categories when the config names none."""
+        return tuple(self.config.data.class_names) or tuple(f"class {c}" for c in range(self.num_classes))
 
     # Setup: the data, model and hyperparameters of `self.config` (`jaxseg.tasks.base.Task`).
     def make_data(self, workdir) -> Data:
