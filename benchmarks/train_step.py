@@ -78,41 +78,10 @@ def torch_steps(args, images, labels):
         return {}
     from torch import nn
 
+    from tests.conformance.torch_models import torch_unet  # the network the conformance test checks
+
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-
-    class Block(nn.Sequential):
-        def __init__(self, cin, cout):
-            super().__init__(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout, momentum=0.1),
-                nn.ReLU(),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout, momentum=0.1),
-                nn.ReLU(),
-            )
-
-    class UNet(nn.Module):
-        def __init__(self, classes, depth, base):
-            super().__init__()
-            widths = [base * 2**i for i in range(depth + 1)]
-            self.encoder = nn.ModuleList([Block(3 if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
-            self.bottleneck = Block(widths[depth - 1], widths[depth])
-            self.up = nn.ModuleList([nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in reversed(range(depth))])
-            self.decoder = nn.ModuleList([Block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
-            self.head = nn.Conv2d(widths[0], classes, 1)
-
-        def forward(self, x):
-            skips = []
-            for block in self.encoder:
-                x = block(x)
-                skips.append(x)
-                x = nn.functional.max_pool2d(x, 2)
-            x = self.bottleneck(x)
-            for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
-                x = up(nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False))
-                x = block(torch.cat([x, skip], 1))
-            return self.head(x)
 
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float().to(device) / 255.0
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -122,7 +91,7 @@ def torch_steps(args, images, labels):
     result = {}
     for name, (channels_last, compiled) in variants.items():
         torch.manual_seed(0)
-        model = UNet(args.classes, args.depth, args.base_width).to(device)
+        model = torch_unet(torch, args.depth, args.base_width, args.classes, 3).to(device)
         inputs = x
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
