@@ -26,12 +26,12 @@ def main(argv):
     from jaxseg.train.loop import train_and_evaluate
     from jaxseg.train.preemption import Preempted
 
+    task = tasks.get(FLAGS.config)
     try:
-        metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir, task=task)
     except Preempted as stop:  # the checkpoint is on disk; exit as the signal would have
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
-    task = tasks.get(FLAGS.config)
     print(f"final validation {task.describe(metrics)}")
 
 

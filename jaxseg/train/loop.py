@@ -23,6 +23,7 @@ from tqdm import tqdm
 from jaxseg import tasks
 from jaxseg.ablation import report, variants
 from jaxseg.figures import read_metrics, save_curves
+from jaxseg.tasks.base import Task
 from jaxseg.train import parallel
 from jaxseg.train.checkpoint import Checkpointer
 from jaxseg.train.logging import MetricsLogger
@@ -255,9 +256,9 @@ def prediction_figure(program, task, workdir: Path, data, is_main: bool, step: i
     return draw
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, *, task: Task | None = None) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint. Returns the final
-    validation metrics."""
+    validation metrics. `task`: the config's task when the caller has built it already."""
     parallel.initialize_distributed(config)
     workdir = check_writable(Path(workdir))
     enable_compilation_cache(config.get("compilation_cache", ""))
@@ -268,7 +269,7 @@ def train_and_evaluate(config, workdir) -> dict:
     sync_every = SYNC_EVERY if mesh.size > 1 else None
 
     # ------------------------------------------------------------------ task, data, program, resume
-    task = tasks.get(config)
+    task = task or tasks.get(config)
     data = task.make_data(workdir)
     train_iter = data.train
     program, hp, names = compile_for(config, mesh, task, workdir, data)
