@@ -89,20 +89,43 @@ def gradient_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Gradient (edge) loss: the mismatch between the spatial gradients of the softmax
-    probabilities and of the one-hot (or soft) target.
+    """Gradient (edge) loss: the mismatch between the spatial gradients of prediction and target.
 
-    `mean over axes, positions and classes of |D_a softmax(x) - D_a y|^p`, with `D_a` the
-    forward difference, central difference or normalised Sobel derivative along each spatial
-    axis (see `spatial_derivative` for the no-padding convention), p=2 (squared, L2) or 1 (L1).
+    `loss = mean over axes a, positions and classes of |D_a softmax(x) - D_a y|^p`, with `y` the
+    one-hot (or soft) target and `D_a` the forward difference, central difference or normalised
+    Sobel derivative along spatial axis `a`.
+    No padding: a derivative exists only where the operator's whole footprint lies inside the image
+    (forward: size S - 1 along `a`; central: S - 2; sobel: S - 2 along every spatial axis), and it
+    counts 0 when the footprint touches an ignored (or masked-out) pixel. All three operators give
+    slope 1 on a unit ramp.
 
     Args:
-      logits: `[B, *spatial, C]`; labels: int `[B, *spatial]` or float `[B, *spatial, C]`.
+      logits: `[B, *spatial, C]`, any float dtype.
+      labels: int `[B, *spatial]` or float `[B, *spatial, C]`.
+      operator: "forward", "central" or "sobel" (spatial sizes >= 2, 3 and 3).
+      p: 2 (squared, L2) or 1 (L1).
       ignore_index: label value of ignored pixels; a derivative whose footprint touches an
         ignored (or masked-out) pixel counts 0.
       mask: optional `[B, *spatial]` pixel weights (bool or float), combined with `ignore_index`.
       reduction: "mean" (over every counted entry of the batch), "sum", or "none" (`[B]`,
         the mean per image).
+
+    Returns:
+      float32 scalar, or `[B]` for "none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import gradient_loss
+      >>> labels = jnp.array([[0, 0, 1, 1]])  # [B=1, W=4]: one edge
+      >>> print(f"{float(gradient_loss(jnp.zeros((1, 4, 2)), labels)):.4f}")  # a flat prediction misses it
+      0.3333
+      >>> print(f"{float(gradient_loss(20.0 * jnp.eye(2)[labels], labels)):.4f}")  # a sharp one at the edge
+      0.0000
+
+    References:
+      - No library function: this is the "difference of gradients" form `|D p - D y|^p`. The gradient
+        difference loss of Mathieu et al., 2016, [Deep multi-scale video prediction beyond mean square
+        error](https://arxiv.org/abs/1511.05440), compares absolute gradients `||D p| - |D y||^p` instead.
     """
     check_choice("operator", operator, OPERATORS)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -128,14 +151,37 @@ def select_classes(x, classes):
 def boundary_loss(logits, distance_maps, *, classes: Sequence[int] | None = None, reduction: str = "mean"):
     """Boundary loss (Kervadec et al., MIDL 2019): `mean(softmax(logits) * distance_maps)`.
 
+    `loss = mean over b, pixels and k in classes of softmax(x)_k phi_k`, with `phi_k` the signed
+    distance to the boundary of class k: probability mass inside a class lowers the loss, mass outside
+    it raises it in proportion to the distance.
+
     Args:
-      logits: `[B, *spatial, C]`.
+      logits: `[B, *spatial, C]`, any float dtype.
       distance_maps: `[B, *spatial, C]` signed distances to each class boundary (negative
         inside, positive outside, 0 for classes absent from the image), precomputed on the
         data side with `signed_distance_maps`.
       classes: the classes summed (the paper uses the foreground ones); default all.
       reduction: "mean" over batch, space and the selected classes, "sum", or "none"
         (elementwise `[B, *spatial, C']`).
+
+    Returns:
+      float32 scalar, or `[B, *spatial, C']` for "none" (`C'` the selected classes).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import boundary_loss, signed_distance_maps
+      >>> labels = jnp.array([0, 0, 1, 1, 1, 1])  # one sample, [W=6]
+      >>> distances = signed_distance_maps(labels, 2)[None]  # [B=1, W, C=2]
+      >>> logits = 5.0 * jnp.eye(2)[labels][None]  # confident and right
+      >>> print(f"{float(boundary_loss(logits, distances, classes=[1])):.4f}")
+      -0.9900
+      >>> print(f"{float(boundary_loss(-logits, distances, classes=[1])):.4f}")  # confident and wrong
+      0.4900
+
+    References:
+      - LIVIAETS/boundary-loss `SurfaceLoss` (mean over batch, the classes `idc` and space).
+      - Kervadec et al., 2019, [Boundary loss for highly unbalanced
+        segmentation](https://arxiv.org/abs/1812.07032).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     x = as_float32(logits)

@@ -56,17 +56,69 @@ def _check_boxes(boxes1, boxes2, reduction):
 
 
 def iou_loss(boxes1, boxes2, *, eps=1e-7, reduction: str = "none"):
-    """`1 - IoU` of xyxy boxes `[..., 4]` (elementwise pairs), with IoU `inter / (union + eps)`
-    as in torchvision's box losses. Identical boxes give ~0 (`eps / (area + eps)`), disjoint
-    ones 1. Returns float32 `[...]` for reduction="none", else a scalar."""
+    """`1 - IoU` of elementwise pairs of xyxy boxes, with torchvision's box-loss IoU.
+
+    `loss = 1 - inter / (union + eps)`, the IoU convention of torchvision's box losses. Identical
+    boxes give ~0 (`eps / (area + eps)`), disjoint ones 1.
+
+    Args:
+      boxes1: `[..., 4]` xyxy boxes (int or float; computed in float32), e.g. the predictions.
+      boxes2: `[..., 4]` xyxy boxes, e.g. the targets; leading dims broadcast against `boxes1`.
+      eps: added to the denominators, as torchvision.
+      reduction: "none" (the default, as torchvision), "mean" over all pairs (0 for an empty
+        array, as torchvision) or "sum".
+
+    Returns:
+      float32 `[...]` (the broadcast leading shape) for "none", else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import iou_loss
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0])
+      >>> others = jnp.array([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [3.0, 0.0, 5.0, 2.0]])
+      >>> print([round(float(v), 4) for v in iou_loss(box, others)])  # identical, overlapping, disjoint
+      [0.0, 0.8571, 1.0]
+
+    References:
+      - The IoU of torchvision's `ops.generalized_box_iou_loss` and its siblings (torchvision has no
+        plain IoU loss).
+      - Yu et al., 2016, [UnitBox: An Advanced Object Detection Network](https://arxiv.org/abs/1608.01471)
+        introduced the IoU loss as `-log(IoU)`; this is the `1 - IoU` form.
+    """
     boxes1, boxes2 = _check_boxes(boxes1, boxes2, reduction)
     iou, _ = iou_terms(boxes1, boxes2, eps)
     return reduce_mean_sum(1.0 - iou, reduction)
 
 
 def giou_loss(boxes1, boxes2, *, eps=1e-7, reduction: str = "none"):
-    """`torchvision.ops.generalized_box_iou_loss`: `1 - IoU + (area(C) - union) / (area(C) + eps)`
-    with C the smallest enclosing box; in [0, 2). xyxy boxes `[..., 4]`, float32 result."""
+    """Generalized IoU loss, `torchvision.ops.generalized_box_iou_loss`.
+
+    `loss = 1 - IoU + (area(C) - union) / (area(C) + eps)` with C the smallest box enclosing both;
+    in [0, 2). Unlike `1 - IoU` it keeps growing (and has a gradient) for disjoint boxes.
+
+    Args:
+      boxes1: `[..., 4]` xyxy boxes (int or float; computed in float32), e.g. the predictions.
+      boxes2: `[..., 4]` xyxy boxes, e.g. the targets; leading dims broadcast against `boxes1`.
+      eps: added to the denominators, as torchvision.
+      reduction: "none" (the default, as torchvision), "mean" over all pairs (0 for an empty
+        array, as torchvision) or "sum".
+
+    Returns:
+      float32 `[...]` (the broadcast leading shape) for "none", else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import giou_loss
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0])
+      >>> others = jnp.array([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [3.0, 0.0, 5.0, 2.0]])
+      >>> print([round(float(v), 4) for v in giou_loss(box, others)])  # identical, overlapping, disjoint
+      [0.0, 1.0794, 1.2]
+
+    References:
+      - `torchvision.ops.generalized_box_iou_loss`.
+      - Rezatofighi et al., 2019, [Generalized Intersection over Union: A Metric and A Loss for
+        Bounding Box Regression](https://arxiv.org/abs/1902.09630).
+    """
     boxes1, boxes2 = _check_boxes(boxes1, boxes2, reduction)
     iou, union = iou_terms(boxes1, boxes2, eps)
     enclosing = box_area(enclosing_box(boxes1, boxes2))
@@ -74,21 +126,72 @@ def giou_loss(boxes1, boxes2, *, eps=1e-7, reduction: str = "none"):
 
 
 def diou_loss(boxes1, boxes2, *, eps=1e-7, reduction: str = "none"):
-    """`torchvision.ops.distance_box_iou_loss` (Zheng et al. 2020): `1 - IoU + d^2 / (c^2 + eps)`,
-    d the distance of the box centres, c the diagonal of the enclosing box. xyxy `[..., 4]`."""
+    """Distance-IoU loss, `torchvision.ops.distance_box_iou_loss` (Zheng et al. 2020).
+
+    `loss = 1 - IoU + d^2 / (c^2 + eps)`, with d the distance of the box centres and c the diagonal
+    of the smallest enclosing box.
+
+    Args:
+      boxes1: `[..., 4]` xyxy boxes (int or float; computed in float32), e.g. the predictions.
+      boxes2: `[..., 4]` xyxy boxes, e.g. the targets; leading dims broadcast against `boxes1`.
+      eps: added to the denominators, as torchvision.
+      reduction: "none" (the default, as torchvision), "mean" over all pairs (0 for an empty
+        array, as torchvision) or "sum".
+
+    Returns:
+      float32 `[...]` (the broadcast leading shape) for "none", else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import diou_loss
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0])
+      >>> others = jnp.array([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [3.0, 0.0, 5.0, 2.0]])
+      >>> print([round(float(v), 4) for v in diou_loss(box, others)])  # identical, overlapping, disjoint
+      [0.0, 0.9683, 1.3103]
+
+    References:
+      - `torchvision.ops.distance_box_iou_loss`.
+      - Zheng et al., 2020, [Distance-IoU Loss: Faster and Better Learning for Bounding Box
+        Regression](https://arxiv.org/abs/1911.08287).
+    """
     boxes1, boxes2 = _check_boxes(boxes1, boxes2, reduction)
     iou, _ = iou_terms(boxes1, boxes2, eps)
     return reduce_mean_sum(1.0 - iou + centre_distance_term(boxes1, boxes2, eps), reduction)
 
 
 def ciou_loss(boxes1, boxes2, *, eps=1e-7, reduction: str = "none"):
-    """`torchvision.ops.complete_box_iou_loss` (Zheng et al. 2020): the DIoU loss plus
-    `alpha * v`, `v = 4 / pi^2 (atan(w2 / h2) - atan(w1 / h1))^2` the aspect-ratio mismatch
-    and `alpha = v / (1 - IoU + v + eps)` held constant (`stop_gradient`, torch's no_grad).
+    """Complete-IoU loss, `torchvision.ops.complete_box_iou_loss` (Zheng et al. 2020).
 
-    Deliberate differences: `eps` applies to the DIoU part too (torchvision always uses 1e-7
-    there; the same for the default eps); a zero height reads `atan(w / 0)` as `+-pi/2` with a
-    finite gradient (torch: NaN gradient), and a zero-size box has angle 0 (torch: NaN).
+    `loss = 1 - IoU + d^2 / (c^2 + eps) + alpha v`: the DIoU loss plus the aspect-ratio mismatch
+    `v = 4 / pi^2 (atan(w2 / h2) - atan(w1 / h1))^2`, weighted by `alpha = v / (1 - IoU + v + eps)`
+    held constant (`stop_gradient`, torch's `no_grad`).
+
+    Deliberate differences: `eps` applies to the DIoU part too (torchvision always uses 1e-7 there;
+    the same for the default eps); a zero height reads `atan(w / 0)` as `+-pi/2` with a finite
+    gradient (torch: NaN gradient), and a zero-size box has angle 0 (torch: NaN).
+
+    Args:
+      boxes1: `[..., 4]` xyxy boxes (int or float; computed in float32), e.g. the predictions.
+      boxes2: `[..., 4]` xyxy boxes, e.g. the targets; leading dims broadcast against `boxes1`.
+      eps: added to the denominators, as torchvision.
+      reduction: "none" (the default, as torchvision), "mean" over all pairs (0 for an empty
+        array, as torchvision) or "sum".
+
+    Returns:
+      float32 `[...]` (the broadcast leading shape) for "none", else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import ciou_loss, diou_loss
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0])
+      >>> taller = jnp.array([1.0, 1.0, 3.0, 4.0])  # shifted and of another aspect ratio
+      >>> print(f"{float(diou_loss(box, taller)):.4f} {float(ciou_loss(box, taller)):.4f}")
+      1.0189 1.0192
+
+    References:
+      - `torchvision.ops.complete_box_iou_loss`.
+      - Zheng et al., 2020, [Distance-IoU Loss: Faster and Better Learning for Bounding Box
+        Regression](https://arxiv.org/abs/1911.08287).
     """
     boxes1, boxes2 = _check_boxes(boxes1, boxes2, reduction)
     iou, _ = iou_terms(boxes1, boxes2, eps)
@@ -115,16 +218,63 @@ def _check_pair(input, target, reduction):
 
 
 def l1_loss(input, target, *, reduction: str = "mean"):
-    """`torch.nn.functional.l1_loss`: `|input - target|`, float32. Shapes must match (torch
-    broadcasts with a warning); an empty "mean" is 0 (torch: NaN)."""
+    """L1 loss, `torch.nn.functional.l1_loss`.
+
+    `loss = |input - target|`, with torch's gradient `sign(input - target)` (0 where they are equal).
+    Shapes must match (torch broadcasts with a warning); an empty "mean" is 0 (torch: NaN).
+
+    Args:
+      input: float array, any float dtype (computed in float32).
+      target: float array of the same shape.
+      reduction: "mean", "sum" or "none".
+
+    Returns:
+      float32 scalar, or the elementwise loss for "none".
+
+    Examples:
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import l1_loss
+      >>> x, y = jnp.array([0.5, 2.0, -1.0]), jnp.array([0.0, 0.0, -1.0])
+      >>> print(f"{float(l1_loss(x, y)):.4f}")
+      0.8333
+      >>> print([round(float(g), 4) for g in jax.grad(l1_loss)(x, y)])  # torch's sign: 0 where x == y
+      [0.3333, 0.3333, 0.0]
+
+    References:
+      - `torch.nn.functional.l1_loss`.
+    """
     x, y = _check_pair(input, target, reduction)
     return reduce_mean_sum(abs_sign_grad(x - y), reduction)
 
 
 def smooth_l1_loss(input, target, *, beta=1.0, reduction: str = "mean"):
-    """`torch.nn.functional.smooth_l1_loss`: `0.5 d^2 / beta` where `|d| < beta`, else
-    `|d| - 0.5 beta`, with `d = input - target`; `beta = 0` is the L1 loss. float32.
-    Shapes must match (torch broadcasts with a warning); an empty "mean" is 0 (torch: NaN)."""
+    """Smooth L1 loss, `torch.nn.functional.smooth_l1_loss`.
+
+    `loss = 0.5 d^2 / beta` where `|d| < beta`, else `|d| - 0.5 beta`, with `d = input - target`;
+    `beta = 0` is the L1 loss. Shapes must match (torch broadcasts with a warning); an empty "mean"
+    is 0 (torch: NaN).
+
+    Args:
+      input: float array, any float dtype (computed in float32).
+      target: float array of the same shape.
+      beta: threshold between the quadratic and the linear part, >= 0 (float or traced scalar).
+      reduction: "mean", "sum" or "none".
+
+    Returns:
+      float32 scalar, or the elementwise loss for "none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import smooth_l1_loss
+      >>> x, y = jnp.array([0.5, 2.0, -1.0]), jnp.array([0.0, 0.0, -1.0])
+      >>> print([round(float(v), 4) for v in smooth_l1_loss(x, y, reduction="none")])  # quadratic, linear, 0
+      [0.125, 1.5, 0.0]
+
+    References:
+      - `torch.nn.functional.smooth_l1_loss`.
+      - Girshick, 2015, [Fast R-CNN](https://arxiv.org/abs/1504.08083) (the smooth L1 loss, beta = 1).
+    """
     if isinstance(beta, (int, float)) and beta < 0:
         raise ValueError(f"beta must be >= 0; got {beta}")
     x, y = _check_pair(input, target, reduction)

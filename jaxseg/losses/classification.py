@@ -166,19 +166,42 @@ def cross_entropy(
 ):
     """Softmax cross-entropy, the value of `torch.nn.functional.cross_entropy`.
 
+    `loss_i = -w_{y_i} log softmax(x_i)_{y_i}`, and "mean" is `sum_i v_i loss_i / sum_i v_i w_{y_i}`
+    (torch's weighted mean; `v_i` is 0 where ignored, else `mask` or 1). Label smoothing `eps` uses
+    torch's formula `(1 - eps) w_y (-log p_y) + eps / C sum_c w_c (-log p_c)`, normalised the same way.
+    With probability targets `y` (smoothed to `y (1 - eps) + eps / C`), `loss_i = -sum_c w_c y_c log p_c`
+    and "mean" divides by the number of rows (`sum_i v_i`), as torch.
+
     Args:
-      logits: `[..., C]` unnormalised scores, any float dtype.
+      logits: `[..., C]` unnormalised scores, any float dtype (computed in float32).
       labels: int `[...]` class ids, or float `[..., C]` probability targets.
       class_weights: optional `[C]`; "mean" divides by `sum(w[y])` over valid elements
         (torch's weighted mean); with probability targets by the number of rows.
-      ignore_index: label id that contributes nothing (integer labels only).
-      label_smoothing: torch's formula, `(1 - eps) * nll + eps / C * sum_c w_c * (-log p_c)`.
+      ignore_index: label id that contributes nothing (integer labels only; pass `mask` with
+        probability targets).
+      label_smoothing: `eps`, torch's formula above (float or traced scalar).
       mask: optional `[...]` element weights, combined with `ignore_index`.
-      reduction: "mean", "sum" or "none" (`[...]`, zero where ignored).
+      reduction: "mean", "sum" or "none".
 
     Returns:
-      float32 loss. Deliberate difference: if every element is ignored the mean is 0 with a
-      zero gradient (torch returns NaN).
+      float32 scalar, or `[...]` per-element losses for "none" (zero where ignored). Deliberate
+        difference: if every element is ignored the mean is 0 with a zero gradient (torch returns NaN).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import cross_entropy
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, -5.0, 0.0]])
+      >>> labels = jnp.array([0, 1, -100])  # the last element is ignored
+      >>> print(f"{float(cross_entropy(logits, labels, ignore_index=-100)):.4f}")
+      0.3606
+      >>> print(f"{float(cross_entropy(logits[:2], labels[:2])):.4f}")  # the same without it
+      0.3606
+
+    References:
+      - `torch.nn.functional.cross_entropy`: values, weighted mean, `ignore_index`, `label_smoothing`
+        and probability targets.
+      - Szegedy et al., 2016, [Rethinking the Inception Architecture for Computer
+        Vision](https://arxiv.org/abs/1512.00567) (label smoothing).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     check_class_labels(logits, labels)
@@ -245,16 +268,39 @@ def binary_cross_entropy(
 ):
     """Sigmoid cross-entropy, the value of `torch.nn.functional.binary_cross_entropy_with_logits`.
 
+    `loss = w ((1 - y) x + (1 + (pw - 1) y) softplus(-x))`, i.e.
+    `-w (pw y log sigmoid(x) + (1 - y) log sigmoid(-x))`, with the targets first smoothed to
+    `y (1 - s) + (1 - y) s`.
+
     Args:
-      logits: `[...]` scores (any float dtype); targets: same shape, values in [0, 1].
-      pos_weight: weight of positives, broadcast along the last axis (torch `pos_weight`).
-      weights: element weights broadcastable to `logits` (torch `weight`).
+      logits: `[...]` scores, any float dtype (computed in float32).
+      targets: float `[...]` of the logits' shape, values in [0, 1] (or `ignore_index`).
+      pos_weight: `pw`, weight of positives, broadcast along the last axis (torch `pos_weight`).
+      weights: `w`, element weights broadcastable to `logits` (torch `weight`).
       ignore_index: target value that contributes nothing (smp `SoftBCEWithLogitsLoss`).
-      label_smoothing: smp's `smooth_factor`: targets become `y (1 - s) + (1 - y) s`.
-      mask: optional element weights, combined with `ignore_index`.
-      reduction: "mean" divides by the number of non-ignored elements (torch divides by all
-        elements, equal when nothing is ignored; smp divides by all elements even when some
-        are ignored), "sum", or "none".
+      label_smoothing: `s`, smp's `smooth_factor`.
+      mask: optional element weights broadcastable to `logits`, combined with `ignore_index`.
+      reduction: "mean" divides by the number of non-ignored elements (the sum of `mask` when given;
+        torch divides by all elements, equal when nothing is ignored; smp divides by all elements
+        even when some are ignored), "sum", or "none".
+
+    Returns:
+      float32 scalar, or `[...]` per-element losses for "none" (zero where ignored).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import binary_cross_entropy
+      >>> logits = jnp.array([3.0, -1.0, 0.5])
+      >>> targets = jnp.array([1.0, 0.0, -1.0])  # the last element is ignored
+      >>> print(f"{float(binary_cross_entropy(logits, targets, ignore_index=-1)):.4f}")
+      0.1809
+      >>> print(f"{float(binary_cross_entropy(logits[:2], targets[:2])):.4f}")  # mean over the other two
+      0.1809
+
+    References:
+      - `torch.nn.functional.binary_cross_entropy_with_logits`: values, `weight`, `pos_weight`.
+      - smp 0.5 `SoftBCEWithLogitsLoss`: `ignore_index` and `smooth_factor` (its "mean" also counts
+        the ignored elements).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     x = as_float32(logits)
@@ -270,10 +316,37 @@ def binary_cross_entropy(
 
 
 def sigmoid_focal_loss(logits, targets, *, alpha=0.25, gamma=2.0, reduction: str = "none"):
-    """`torchvision.ops.sigmoid_focal_loss`: `bce * (1 - p_t)^gamma`, times `alpha_t` if alpha >= 0.
+    """`torchvision.ops.sigmoid_focal_loss`: sigmoid cross-entropy down-weighted on easy elements.
+
+    `loss = alpha_t (1 - p_t)^gamma bce(x, y)` with `p = sigmoid(x)`, `p_t = p y + (1 - p)(1 - y)`
+    and `alpha_t = alpha y + (1 - alpha)(1 - y)` if `alpha >= 0` (else 1).
 
     Computed in log space, so gamma in [0, 1) keeps finite gradients at saturated logits (the
-    torchvision power form gives NaN there); values are the same.
+    torchvision power form gives NaN there); values are the same, soft targets included.
+
+    Args:
+      logits: `[...]` scores, any float dtype (computed in float32).
+      targets: float `[...]` of the logits' shape, values in [0, 1].
+      alpha: weight of positives (`1 - alpha` for negatives); a negative value or None disables it.
+      gamma: focusing exponent >= 0 (gamma = 0 with alpha disabled is the plain sigmoid cross-entropy).
+      reduction: "none" (the default, as torchvision), "mean" over all elements, or "sum".
+
+    Returns:
+      float32 `[...]` for "none", else a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import binary_cross_entropy, sigmoid_focal_loss
+      >>> logits = jnp.array([2.0, -2.0, 0.0])
+      >>> targets = jnp.array([1.0, 0.0, 1.0])  # two easy elements, one hard
+      >>> print([round(float(v), 4) for v in sigmoid_focal_loss(logits, targets)])
+      [0.0005, 0.0014, 0.0433]
+      >>> print([round(float(v), 4) for v in binary_cross_entropy(logits, targets, reduction="none")])
+      [0.1269, 0.1269, 0.6931]
+
+    References:
+      - `torchvision.ops.sigmoid_focal_loss` (defaults `alpha=0.25`, `gamma=2`, `reduction="none"`).
+      - Lin et al., 2017, [Focal Loss for Dense Object Detection](https://arxiv.org/abs/1708.02002).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     x = as_float32(logits)
@@ -301,20 +374,52 @@ def focal_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Focal loss (Lin et al. 2017).
+    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on well-classified elements.
 
-    mode="multiclass": softmax focal, `-alpha_y w_y (1 - p_y)^gamma log p_y`, normalised as
-      `cross_entropy` (so gamma=0 equals it). labels: int `[...]` or float `[..., C]`.
-      alpha: `[C]`, or a scalar read as MONAI's `[1 - alpha, alpha, ..., alpha]`.
-      (smp's "multiclass" FocalLoss is one-vs-rest sigmoid; use mode="multilabel" on one-hot
-      targets for that.)
-    mode="binary"/"multilabel": smp `FocalLoss`: `bce * (1 - pt)^gamma` with `pt = exp(-bce)`,
-      times `alpha y + (1 - alpha)(1 - y)` if alpha is set; the mean runs over non-ignored
-      elements. Binary takes logits `[..., 1]` and labels `[...]` or `[..., 1]`; multilabel
-      logits and targets `[..., C]`. class_weights `[C]` weight the channels (weighted mean).
+    mode="multiclass" (softmax): `loss = -alpha_y w_y (1 - p_y)^gamma log p_y`, normalised as
+    `cross_entropy` (so gamma = 0 without alpha equals it); soft targets sum the term over classes,
+    weighted by the target. (smp's "multiclass" `FocalLoss` is one-vs-rest sigmoid; use
+    mode="multilabel" on one-hot targets for that.)
+
+    mode="binary" / "multilabel" (sigmoid), smp `FocalLoss`: `loss = alpha_t (1 - pt)^gamma bce` with
+    `pt = exp(-bce)` and `alpha_t = alpha y + (1 - alpha)(1 - y)` if alpha is set; the mean runs over
+    the non-ignored elements.
 
     The modulating factor is computed in log space: finite gradients for gamma in [0, 1) at
-    saturated logits. Returns float32; "none" gives the per-element loss.
+    saturated logits.
+
+    Args:
+      logits: multiclass and multilabel `[..., C]`; binary `[..., 1]`. Any float dtype.
+      labels: multiclass: int `[...]` or float `[..., C]`; binary: `[...]` or `[..., 1]`;
+        multilabel: `[..., C]` of the logits' shape.
+      mode: "multiclass", "binary" or "multilabel".
+      gamma: focusing exponent >= 0.
+      alpha: multiclass: `[C]`, or a scalar read as MONAI's `[1 - alpha, alpha, ..., alpha]`;
+        binary / multilabel: a scalar. None disables it.
+      ignore_index: label value that contributes nothing.
+      class_weights: optional `[C]`. Multiclass: as in `cross_entropy`; binary / multilabel: weight
+        the channels (weighted mean).
+      mask: optional element weights, combined with `ignore_index`.
+      reduction: "mean", "sum" or "none".
+
+    Returns:
+      float32 scalar, or the per-element loss for "none" (`[...]` multiclass, the logits' shape
+        otherwise; zero where ignored).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import cross_entropy, focal_loss
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+      >>> labels = jnp.array([0, 2])
+      >>> print(f"{float(focal_loss(logits, labels)):.4f}")  # gamma = 2
+      0.4838
+      >>> print(f"{float(focal_loss(logits, labels, gamma=0.0)):.4f} {float(cross_entropy(logits, labels)):.4f}")
+      0.8606 0.8606
+
+    References:
+      - Lin et al., 2017, [Focal Loss for Dense Object Detection](https://arxiv.org/abs/1708.02002).
+      - smp 0.5 `FocalLoss` (binary / multilabel modes); MONAI `FocalLoss(use_softmax=True)` for the
+        scalar-alpha convention of the softmax form.
     """
     check_choice("mode", mode, MODES)
     check_choice("reduction", reduction, REDUCTIONS)

@@ -12,11 +12,11 @@ def signed_distance_maps(
 ) -> np.ndarray:
     """Per-class signed Euclidean distance to the class boundary, Kervadec et al.'s `one_hot2dist`.
 
-    For each class k present in the sample: `EDT(outside) * outside - (EDT(inside) - 1) * inside`,
-    i.e. the distance to the nearest pixel of k outside it, and `1 - distance` to the nearest
-    pixel of another class inside it (0 on the inner boundary, negative deeper inside).
-    Classes absent from the sample, and classes covering it entirely (no boundary), get 0.
-    Ignored pixels count as outside every class and get 0.
+    `phi_k = EDT(outside_k) * outside_k - (EDT(inside_k) - 1) * inside_k` for each class k present in
+    the sample: outside k, the distance to the nearest pixel of k; inside k, `1 - distance` to the
+    nearest pixel of another class (0 on the inner boundary, negative deeper inside). Classes
+    absent from the sample, and classes covering it entirely (no boundary), get 0. Ignored pixels
+    count as outside every class and get 0. Computed on the host (NumPy/SciPy); needs SciPy.
 
     Args:
       labels: one sample's int class ids, `[*spatial]` (call it per sample in the pipeline).
@@ -25,7 +25,19 @@ def signed_distance_maps(
       spacing: pixel size per spatial axis (scipy's `sampling`), default 1.
 
     Returns:
-      float32 `[*spatial, C]`.
+      float32 NumPy array `[*spatial, C]`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import signed_distance_maps
+      >>> maps = signed_distance_maps(jnp.array([0, 0, 1, 1, 1, 1]), num_classes=2)  # [W=6] -> [W, C]
+      >>> print(maps[:, 1].tolist())  # positive outside class 1, 0 on its inner boundary, negative inside
+      [2.0, 1.0, 0.0, -1.0, -2.0, -3.0]
+
+    References:
+      - LIVIAETS/boundary-loss `one_hot2dist`; `scipy.ndimage.distance_transform_edt`.
+      - Kervadec et al., 2019, [Boundary loss for highly unbalanced
+        segmentation](https://arxiv.org/abs/1812.07032).
     """
     try:
         from scipy import ndimage  # imported here: `jaxseg.losses` stays light to import

@@ -153,15 +153,48 @@ def lovasz_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Lovász loss, smp 0.5 `LovaszLoss`.
+    """Lovász loss, smp 0.5 `LovaszLoss`: a tractable surrogate of the Jaccard (IoU) loss.
 
-    mode="multiclass": Lovász-softmax on `softmax(logits)` `[B, ..., C]` with int labels
-      `[B, ...]` (or one-hot float targets; targets are read as 0/1 by `> 0.5`), averaged
-      over the classes present.
-    mode="binary"/"multilabel": Lovász hinge on logits and 0/1 labels of one shape (binary
-      also `[B, ..., 1]` logits with `[B, ...]` labels), all channels flattened together.
-    per_image: one loss per image (reduction="none" -> `[B]`), else one for the batch.
-    ignore_index / mask: ignored pixels (mask == 0) contribute nothing (see module note).
+    `loss = sum_i relu(e_(i)) g_i` over the errors `e` sorted descending, with `g` the gradient of the
+    Lovász extension of the Jaccard loss at the ground truth in that order.
+
+    - mode="multiclass": Lovász-softmax on `softmax(logits)` `[B, ..., C]` with int labels `[B, ...]`
+      (or one-hot float targets; targets are read as 0/1 by `> 0.5`): errors `|y_c - p_c|` per class,
+      averaged over the classes present (0 when none is).
+    - mode="binary" / "multilabel": Lovász hinge, errors `1 - x (2y - 1)`, on logits and 0/1 labels of
+      one shape (binary also `[B, ..., 1]` logits with `[B, ...]` labels), all channels flattened
+      together.
+
+    Ignored pixels stay in place but sort last and contribute nothing: loss and gradient equal those
+    computed on the valid pixels alone (smp removes them by boolean indexing).
+
+    Args:
+      logits: `[B, ..., C]` (binary mode: `[B, ..., 1]`), any float dtype.
+      labels: multiclass: int `[B, ...]` or one-hot float `[B, ..., C]`; binary: `[B, ...]` or
+        `[B, ..., 1]`; multilabel: `[B, ..., C]`.
+      mode: "multiclass", "binary" or "multilabel".
+      per_image: one loss per image (reduction="none" -> `[B]`), else one for the batch.
+      ignore_index: label value of ignored pixels.
+      mask: optional pixel weights; pixels with `mask == 0` are ignored (other values count as 1).
+      reduction: "mean" or "sum" over images with `per_image`, or "none".
+
+    Returns:
+      float32 scalar, or `[B]` with `per_image` and reduction="none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import lovasz_loss
+      >>> logits = jnp.array([[[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [3.0, -3.0]]])  # [B=1, W=4, C=2]
+      >>> labels = jnp.array([[0, 1, 1, -1]])  # the last pixel is ignored
+      >>> print(f"{float(lovasz_loss(logits, labels, ignore_index=-1)):.4f}")
+      0.4207
+      >>> print(f"{float(lovasz_loss(logits[:, :3], labels[:, :3])):.4f}")  # the same without it
+      0.4207
+
+    References:
+      - smp 0.5 `LovaszLoss` (Lovász-softmax over the present classes; Lovász hinge).
+      - Berman et al., 2018, [The Lovász-Softmax loss: A tractable surrogate for the optimization of
+        the intersection-over-union measure in neural networks](https://arxiv.org/abs/1705.08790).
     """
     check_choice("mode", mode, MODES)
     check_choice("reduction", reduction, REDUCTIONS)

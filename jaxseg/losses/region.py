@@ -186,6 +186,12 @@ def dice_loss(
 ):
     """Soft Dice loss, smp 0.5 `DiceLoss` semantics.
 
+    `loss = mean_c [sum y_c > 0] (1 - score_c)`, `score = (I + s) / max(I + (FP + FN) / 2 + s, eps)`,
+    with the soft counts `I = (sum x + sum y - sum |x - y|) / 2`, `FP = sum x - I`, `FN = sum y - I` of
+    probabilities `x` and targets `y` (for 0/1 targets `I = sum x y`). The sums run over batch and space
+    together (one score per class), or over space only with `per_image`. Classes absent from the
+    target get loss 0 but stay in the class mean (smp).
+
     Args:
       logits: `[B, ..., C]` (binary mode: `[B, ..., 1]`); probabilities if `from_logits=False`.
       labels: multiclass: int `[B, ...]` or float `[B, ..., C]`; binary: `[B, ...]` or
@@ -193,7 +199,8 @@ def dice_loss(
       mode: "multiclass" (softmax), "binary" or "multilabel" (sigmoid).
       classes: channels kept in the class mean (selected after empty-class masking, as smp).
       log_loss: `-log(max(score, eps))` instead of `1 - score`.
-      smooth: added to numerator and denominator: `score = (I + smooth) / max(I + (FP + FN) / 2 + smooth, eps)`.
+      from_logits: apply the softmax / sigmoid; False when `logits` are already probabilities.
+      smooth: `s`, added to numerator and denominator: `score = (I + s) / max(I + (FP + FN) / 2 + s, eps)`.
       eps: lower bound of that denominator.
       ignore_index: label whose pixels drop out of numerator and denominator.
       class_weights: `[C]`, weighted class mean `sum(w L) / sum(w)` (smp main).
@@ -202,7 +209,24 @@ def dice_loss(
       mask: optional `[B, ...]` pixel weights applied to probabilities and targets.
       reduction: over images when `per_image` ("none" -> `[B]`); batch-global losses are scalars.
 
-    Classes absent from the target get loss 0 but stay in the class mean (smp).
+    Returns:
+      float32 scalar, or `[B]` with `per_image` and reduction="none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import dice_loss
+      >>> labels = jnp.array([[[0, 1], [1, 1]]])  # [B=1, H=2, W=2], two classes
+      >>> perfect = jnp.eye(2)[labels]  # one-hot probabilities [B, H, W, C]
+      >>> print(f"{float(dice_loss(perfect, labels, from_logits=False)):.4f}")
+      0.0000
+      >>> print(f"{float(dice_loss(jnp.zeros((1, 2, 2, 2)), labels)):.4f}")  # uniform softmax
+      0.5333
+
+    References:
+      - smp 0.5 `DiceLoss` (`class_weights` and the weighted class mean as on smp main); MONAI
+        `DiceLoss(squared_pred=True)` for `squared`.
+      - Milletari et al., 2016, [V-Net: Fully Convolutional Neural Networks for Volumetric Medical
+        Image Segmentation](https://arxiv.org/abs/1606.04797) (the Dice loss, in its squared form).
     """
     return _region_loss(
         logits,
@@ -241,9 +265,44 @@ def jaccard_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Soft Jaccard (IoU) loss, smp 0.5 `JaccardLoss`: `score = (I + s) / max(I + FP + FN + s, eps)`.
+    """Soft Jaccard (IoU) loss, smp 0.5 `JaccardLoss`.
 
-    Options as `dice_loss` (ignore_index as on smp main).
+    `loss = mean_c [sum y_c > 0] (1 - score_c)`, `score = (I + s) / max(I + FP + FN + s, eps)`, with the
+    soft counts of `dice_loss` (`I = sum x y` for 0/1 targets). Options as `dice_loss` (ignore_index
+    as on smp main).
+
+    Args:
+      logits: `[B, ..., C]` (binary mode: `[B, ..., 1]`); probabilities if `from_logits=False`.
+      labels: as in `dice_loss`.
+      mode: "multiclass" (softmax), "binary" or "multilabel" (sigmoid).
+      classes: channels kept in the class mean (selected after empty-class masking).
+      log_loss: `-log(max(score, eps))` instead of `1 - score`.
+      from_logits: apply the softmax / sigmoid; False when `logits` are already probabilities.
+      smooth: `s`, added to numerator and denominator.
+      eps: lower bound of the denominator.
+      ignore_index: label whose pixels drop out of every sum.
+      class_weights: `[C]`, weighted class mean `sum(w L) / sum(w)`.
+      per_image: one score per image and class instead of over the batch.
+      squared: squared-norm form (MONAI `squared_pred`): `sum(xy) / (sum x^2 + sum y^2 - sum(xy))`.
+      mask: optional `[B, ...]` pixel weights.
+      reduction: over images when `per_image` ("none" -> `[B]`); batch-global losses are scalars.
+
+    Returns:
+      float32 scalar, or `[B]` with `per_image` and reduction="none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import jaccard_loss
+      >>> labels = jnp.array([[[0, 1], [1, 1]]])  # [B=1, H=2, W=2], two classes
+      >>> print(f"{float(jaccard_loss(jnp.eye(2)[labels], labels, from_logits=False)):.4f}")  # perfect
+      0.0000
+      >>> print(f"{float(jaccard_loss(jnp.zeros((1, 2, 2, 2)), labels)):.4f}")  # uniform softmax
+      0.6857
+
+    References:
+      - smp 0.5 `JaccardLoss` (`ignore_index` as on smp main).
+      - Wang et al., 2023, [Jaccard Metric Losses: Optimizing the Jaccard Index with Soft
+        Labels](https://arxiv.org/abs/2302.05666) (the soft-label L1 form of the counts).
     """
     return _region_loss(
         logits,
@@ -285,11 +344,51 @@ def tversky_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Tversky loss, smp 0.5 `TverskyLoss`: `score = (I + s) / max(I + alpha FP + beta FN + s, eps)`,
-    loss `(class mean of 1 - score) ** gamma` (smp applies gamma after the class mean; with
-    `per_image` it is applied per image). alpha weighs false positives, beta false negatives.
+    """Tversky loss, smp 0.5 `TverskyLoss`.
 
-    Options as `dice_loss`; alpha, beta and gamma may be arrays (traced).
+    `loss = (mean_c [sum y_c > 0] (1 - score_c)) ** gamma` with
+    `score = (I + s) / max(I + alpha FP + beta FN + s, eps)` and the soft counts of `dice_loss`.
+    alpha weighs false positives, beta false negatives; with gamma = 1, alpha = beta = 0.5 is
+    `dice_loss` and alpha = beta = 1 `jaccard_loss`. smp applies gamma after the class mean; with
+    `per_image` it is applied per image.
+
+    Args:
+      logits: `[B, ..., C]` (binary mode: `[B, ..., 1]`); probabilities if `from_logits=False`.
+      labels: as in `dice_loss`.
+      mode: "multiclass" (softmax), "binary" or "multilabel" (sigmoid).
+      alpha: weight of false positives (float or traced array).
+      beta: weight of false negatives (float or traced array).
+      gamma: exponent of the class mean (float or traced array).
+      classes: channels kept in the class mean (selected after empty-class masking).
+      log_loss: `-log(max(score, eps))` instead of `1 - score`.
+      from_logits: apply the softmax / sigmoid; False when `logits` are already probabilities.
+      smooth: `s`, added to numerator and denominator.
+      eps: lower bound of the denominator.
+      ignore_index: label whose pixels drop out of every sum.
+      class_weights: `[C]`, weighted class mean `sum(w L) / sum(w)`.
+      per_image: one score per image and class instead of over the batch.
+      squared: squared-norm form of the counts (MONAI `squared_pred`).
+      mask: optional `[B, ...]` pixel weights.
+      reduction: over images when `per_image` ("none" -> `[B]`); batch-global losses are scalars.
+
+    Returns:
+      float32 scalar, or `[B]` with `per_image` and reduction="none".
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import dice_loss, tversky_loss
+      >>> logits = jnp.array([[[[2.0], [0.0]], [[0.0], [1.0]]]])  # binary, [B=1, H=2, W=2, 1]
+      >>> labels = jnp.array([[[1, 0], [1, 1]]])
+      >>> tversky = tversky_loss(logits, labels, mode="binary")  # alpha = beta = 0.5
+      >>> print(f"{float(tversky):.4f} {float(dice_loss(logits, labels, mode='binary')):.4f}")
+      0.2474 0.2474
+      >>> print(f"{float(tversky_loss(logits, labels, mode='binary', alpha=0.3, beta=0.7)):.4f}")  # misses cost more
+      0.2676
+
+    References:
+      - smp 0.5 `TverskyLoss` (gamma after the class mean).
+      - Salehi et al., 2017, [Tversky loss function for image segmentation using 3D fully
+        convolutional deep networks](https://arxiv.org/abs/1706.05721).
     """
     return _region_loss(
         logits,
@@ -350,15 +449,41 @@ def generalized_dice_loss(
     mask=None,
     reduction: str = "mean",
 ):
-    """Generalized Dice loss (Sudre et al. 2017), MONAI
+    """Generalized Dice loss (Sudre et al. 2017), MONAI `GeneralizedDiceLoss`.
+
+    `loss = 1 - (2 sum_c w_c I_c + nr) / (sum_c w_c (|x_c| + |y_c|) + dr)` with `w_c = 1 / |y_c|^2`
+    ("square"), `1 / |y_c|` ("simple") or 1 ("uniform"); an absent class takes the largest weight of
+    the others (of the image, or of the batch without `per_image`), as MONAI. Matches
     `GeneralizedDiceLoss(softmax=True, to_onehot_y=True, w_type=weight_type, batch=not per_image)`.
+    Soft targets use the L1 overlap (MONAI `soft_label=True`, equal for hard labels).
 
-    `1 - (2 sum_c w_c TP_c + nr) / (sum_c w_c (|x_c| + |y_c|) + dr)` with `w_c = 1 / |y_c|^2`
-    ("square"), `1 / |y_c|` ("simple") or 1; an absent class takes the largest weight of the
-    others. Soft targets use the L1 overlap (MONAI `soft_label=True`, equal for hard labels).
-    ignore_index and mask drop pixels from every sum (MONAI has neither).
+    Args:
+      logits: `[B, ..., C]` (softmax applied), any float dtype.
+      labels: int `[B, ...]` or float `[B, ..., C]`.
+      weight_type: "square", "simple" or "uniform" (MONAI `w_type`).
+      smooth_nr: `nr`, added to the numerator.
+      smooth_dr: `dr`, added to the denominator.
+      include_background: False drops class 0 from every sum (when C > 1).
+      per_image: one loss per image (MONAI `batch=False`); False sums over the batch too.
+      ignore_index: label whose pixels drop out of every sum (MONAI has none).
+      mask: optional `[B, ...]` pixel weights (MONAI has none).
+      reduction: "mean" or "sum" over images, or "none".
 
-    Returns `[B]` with reduction="none" and per_image, else the reduced scalar.
+    Returns:
+      float32 `[B]` with reduction="none" and `per_image`, else the reduced scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import generalized_dice_loss
+      >>> labels = jnp.array([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])  # [B=2, H, W]; class 1 absent in image 2
+      >>> loss = generalized_dice_loss(jnp.zeros((2, 2, 2, 2)), labels, reduction="none")  # uniform softmax
+      >>> print([round(float(v), 4) for v in loss])
+      [0.625, 0.5]
+
+    References:
+      - MONAI `GeneralizedDiceLoss` (weights, the absent-class rule, smoothing, `batch`).
+      - Sudre et al., 2017, [Generalised Dice overlap as a deep learning loss function for highly
+        unbalanced segmentations](https://arxiv.org/abs/1707.03237).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("weight_type", weight_type, GDL_WEIGHTS)

@@ -74,12 +74,46 @@ def _check_targets(targets, leading_shape, what: str):
 def token_cross_entropy(
     logits, targets, *, ignore_index=None, mask=None, label_smoothing=0.0, z_loss=0.0, reduction: str = "mean"
 ) -> TokenLoss:
-    """Cross-entropy of next-token logits `[..., V]` against integer `targets` `[...]`.
+    """Cross-entropy of next-token logits `[..., V]` against integer `targets` `[...]`, with z-loss.
 
-    torch semantics for `ignore_index` and `label_smoothing` (`(1 - eps) * nll + eps *
-    mean_v(-log p_v)`), plus the z-loss of PaLM / t5x, `z_loss * logsumexp(logits)^2`, which
-    keeps the normaliser near 0. "mean" divides by the number of counted tokens (0 when there
-    are none, with a zero gradient). Computes in float32 for any input dtype.
+    `loss_t = (1 - eps) nll_t + eps mean_v(-log p_v) + z_loss lse_t^2`, with `nll_t = lse_t - x_{t,y_t}`
+    and `lse_t = logsumexp_v x_{t,v}`: torch semantics for `ignore_index` and `label_smoothing`, plus the
+    z-loss of PaLM / t5x, which keeps the normaliser `lse` near 0. "mean" divides by the number of
+    counted tokens (0 when there are none, with a zero gradient). Computes in float32 for any input
+    dtype.
+
+    Args:
+      logits: `[..., V]`, any float dtype.
+      targets: int `[...]` token ids.
+      ignore_index: target id that is not counted (torch's default -100 is not assumed: None counts
+        every token).
+      mask: optional `[...]` token weights, combined with `ignore_index`.
+      label_smoothing: `eps` (float or traced scalar).
+      z_loss: coefficient of `lse^2` (PaLM uses 1e-4; float or traced scalar).
+      reduction: "mean" (over counted tokens, dividing by `max(tokens, 1)`), "sum" or "none".
+
+    Returns:
+      `TokenLoss(loss, nll, z_loss, tokens, correct)`, float32: `loss` as above; `nll` without
+        smoothing and z-loss; `z_loss` the z-loss term; `tokens` the number of counted tokens;
+        `correct` how many have their target among the highest logits (ties count). "mean" and "sum"
+        reduce `loss`, `nll` and `z_loss` and sum `correct`; "none" keeps them per token (zero where
+        not counted), with `tokens` the total.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import token_cross_entropy
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, -5.0, 0.0]])  # [T=3, V=3]
+      >>> out = token_cross_entropy(logits, jnp.array([0, 2, -100]), ignore_index=-100, z_loss=1e-4)
+      >>> print(f"{float(out.loss):.4f} {float(out.nll):.4f} {float(out.tokens):.0f} {float(out.correct):.0f}")
+      0.8610 0.8606 2 1
+
+    References:
+      - `torch.nn.functional.cross_entropy` (`ignore_index`, `label_smoothing`); the z-loss of t5x
+        `cross_entropy_with_logits`.
+      - Chowdhery et al., 2022, [PaLM: Scaling Language Modeling with
+        Pathways](https://arxiv.org/abs/2204.02311) (z-loss).
+      - Szegedy et al., 2016, [Rethinking the Inception Architecture for Computer
+        Vision](https://arxiv.org/abs/1512.00567) (label smoothing).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     _check_targets(targets, logits.shape[:-1], "logits' leading")
@@ -224,17 +258,43 @@ def linear_cross_entropy(
 ) -> TokenLoss:
     """`token_cross_entropy(hidden @ weight + bias, targets, ...)` without the logits in memory.
 
+    `loss_t` as in `token_cross_entropy` with logits `x_t = h_t W + b`. A custom VJP walks token and
+    vocabulary blocks with an online log-sum-exp; its backward pass recomputes each block's logits
+    to form that block's share of the gradients. The value and the gradients with respect to
+    `hidden`, `weight` and `bias` equal the naive computation's; peak extra memory is a few blocks
+    instead of the `[tokens, V]` logits and their gradient. Works under `jit`, `grad` and `vmap`.
+
     Args:
       hidden: `[..., D]` final hidden states, any float dtype (matmuls accumulate in float32).
       weight: `[D, V]` output projection (for tied embeddings pass `embedding.T`).
       targets: int `[...]` next-token ids.
       bias: optional `[V]`.
-      chunk_size: (tokens, vocabulary) per block: the largest temporary is one
+      ignore_index: as in `token_cross_entropy`.
+      mask: optional `[...]` token weights, as in `token_cross_entropy`.
+      label_smoothing: as in `token_cross_entropy`.
+      z_loss: as in `token_cross_entropy`.
+      chunk_size: (tokens, vocabulary) per block, or one int for both: the largest temporary is one
         `[tokens, vocabulary]` float32 block (16 MiB at the default).
+      reduction: "mean", "sum" or "none", as in `token_cross_entropy`.
 
-    The value and the gradients with respect to `hidden`, `weight` and `bias` equal the naive
-    computation's; peak extra memory is a few blocks instead of the `[tokens, V]` logits and
-    their gradient. Works under `jit`, `grad` and `vmap`.
+    Returns:
+      `TokenLoss`, as `token_cross_entropy` returns it.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.losses import linear_cross_entropy, token_cross_entropy
+      >>> hidden = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)  # [T=3, D=4]
+      >>> weight = jnp.linspace(-2.0, 2.0, 20).reshape(4, 5)  # [D, V=5]
+      >>> targets = jnp.array([0, 4, 2])
+      >>> chunked = linear_cross_entropy(hidden, weight, targets, chunk_size=(2, 2))  # padded 2 x 2 blocks
+      >>> print(f"{float(chunked.loss):.4f} {float(token_cross_entropy(hidden @ weight, targets).loss):.4f}")
+      1.4335 1.4335
+
+    References:
+      - Wijmans et al., 2024, [Cut Your Losses in Large-Vocabulary Language
+        Models](https://arxiv.org/abs/2411.09009) (blockwise log-sum-exp, logits recomputed in the
+        backward pass; its `linear_cross_entropy` takes the classifier as `[V, D]` and may skip blocks
+        of negligible gradient, this one skips nothing).
     """
     check_choice("reduction", reduction, REDUCTIONS)
     if weight.ndim != 2 or hidden.shape[-1] != weight.shape[0]:
