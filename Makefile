@@ -22,12 +22,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# The reference libraries of the conformance tests: a CPU torch wheel, MONAI, and the pure-torch
-# loss modules of smp 0.5 and torchvision (installed without their dependencies; see
-# tests/conformance/references.py).
+# The reference libraries of the conformance tests: a CPU torch wheel, MONAI, smp 0.6 (models) with
+# timm and torchvision, and smp 0.5 beside it (losses); smp, timm and torchvision installed without
+# their dependencies (see tests/conformance/references.py).
 $(VENV)/.installed-conformance: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet torch==2.13.0 monai
-	$(BIN)/pip install --quiet --no-deps segmentation-models-pytorch==0.5.0 torchvision==0.29.1
+	$(BIN)/pip install --quiet --no-deps segmentation-models-pytorch==0.6.0 timm==1.0.31 torchvision==0.29.1
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/references/smp-0.5 segmentation-models-pytorch==0.5.0
 	touch $@
 
 train: $(VENV)/.installed

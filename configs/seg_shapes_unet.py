@@ -94,6 +94,8 @@ def get_config():
         l1=0.0,  # L1 penalty on kernels, added to the loss
         clip_norm=1.0,
         max_consecutive_nonfinite=10,
+        encoder_lr_scale=1.0,  # learning-rate factor of the parameters under `encoder` (a pretrained backbone)
+        freeze_encoder_steps=0,  # the encoder's updates are zero for this many steps
     )
     # Loss ablations: K variants in one program (configs/ablation_seg_losses.py; docs/ablations.md).
     config.ablation = dict(

@@ -43,6 +43,11 @@ class Task(Protocol):
         """`make_model(rngs=...)`, the task's Flax module from `config.model`."""
         ...
 
+    def pretrained(self, params, model_state, *, members: bool = False) -> tuple[Any, Any]:
+        """`(params, model_state)` of a freshly initialised model with the config's pretrained
+        weights written in (`members`: stacked over ablation members); as given without any."""
+        return params, model_state
+
     def hyperparameters(self, data=None) -> dict:
         """The array pytree `hp` the train step reads its loss options from."""
         ...

@@ -106,11 +106,57 @@ def in_channels(data) -> int:
     return len(data.mean)
 
 
+PRETRAINED_KEYS = ("weights", "encoder_weights")
+
+
 def model_factory(config, num_classes: int | None = None):
-    """`make_model(rngs=...)` for `config.model` (name and keyword options)."""
+    """`make_model(rngs=...)` for `config.model`: jaxseg's own models by `name` (UNet, FCN), or
+    an smp architecture on an encoder by `arch` and `encoder` (`jaxseg.models.create`'s options;
+    `weights` / `encoder_weights` are loaded by `pretrained` after initialisation)."""
     num_classes = config.num_classes if num_classes is None else num_classes
+    if "arch" in config.model:
+        return zoo_model_factory(config, num_classes)
     model, options = model_options(config, MODELS)
     return functools.partial(model, num_classes, in_channels=in_channels(config.data), **options)
+
+
+def zoo_model_factory(config, num_classes: int):
+    from jaxseg import kernels
+    from jaxseg.models import zoo
+
+    # "" is a config's None (a string key stays overridable from the command line).
+    options: dict[str, Any] = {
+        k: None if v == "" else v for k, v in dict(config.model).items() if k not in PRETRAINED_KEYS
+    }
+    if "name" in options:
+        raise ValueError("config.model has both `name` (jaxseg's models) and `arch` (smp's); keep one")
+    if options.get("aux_params"):
+        raise ValueError("config.model.aux_params: the trainer's losses take the segmentation logits only")
+    options.pop("aux_params", None)
+    return functools.partial(
+        zoo.build_model,
+        options.pop("arch").lower(),
+        encoder=options.pop("encoder"),
+        num_classes=num_classes,
+        in_channels=in_channels(config.data),
+        aux_params=None,
+        dtype=jnp.dtype(options.pop("dtype", "float32")),
+        conv_general_dilated=kernels.convolution(config.get("kernels", "xla")),
+        **options,
+    )
+
+
+def pretrained(config, params, model_state, *, members: bool = False):
+    """`config.model.encoder_weights` and `weights` (paths or hub ids) written into a fresh state."""
+    model = config.model
+    chosen = {key: model.get(key) or None for key in PRETRAINED_KEYS}
+    if "arch" not in model or not any(chosen.values()):
+        return params, model_state
+    from jaxseg.models import zoo
+
+    return zoo.pretrained_state(
+        params, model_state, encoder=model.encoder, in_channels=in_channels(config.data), members=members, **chosen
+    )
 
 
 def loss_hyperparameters(config, class_weights=None) -> dict:
@@ -186,6 +232,9 @@ class Task(base.Task):
 
     def model_factory(self):
         return model_factory(self.config)
+
+    def pretrained(self, params, model_state, *, members: bool = False):
+        return pretrained(self.config, params, model_state, members=members)
 
     def hyperparameters(self, data: Data | None = None) -> dict:
         return hyperparameters(self.config, data)

@@ -1,6 +1,7 @@
 """The optax optimiser built from `config.optim`.
 
-    skip_if_nonfinite(chain(clip_by_global_norm, inject_hyperparams(core + decoupled weight decay)))
+    skip_if_nonfinite(chain(clip_by_global_norm, inject_hyperparams(core + decoupled weight decay),
+                            encoder group scale))
 
 Every hyperparameter that a schedule or an ablation changes lives in the optimiser state as
 an array (`opt_state...hyperparams["learning_rate"]`), so it can be logged and vmapped. L1 is
@@ -9,6 +10,12 @@ a loss term (`l1_penalty`), not a transformation, because it is part of the obje
 `core` is Adam, SGD with momentum, or Muon (`optax.contrib.scale_by_muon` on the hidden weight
 matrices, Adam on the rest; see `muon_labels`; fused gate and q/k/v matrices optionally block
 by block, see `FUSED_BLOCKS`).
+
+The encoder group (parameters under the model's `encoder`, e.g. a pretrained backbone of
+`jaxseg.models.create`): `optim.encoder_lr_scale` multiplies its updates (a learning rate of
+`scale * learning_rate` for SGD, Adam(W) and Muon alike, weight decay included, as a torch
+parameter group with its own `lr`), and `optim.freeze_encoder_steps` zeroes them for the first
+N steps. BatchNorm statistics of a frozen encoder still follow the batches in training mode.
 """
 
 from __future__ import annotations
@@ -190,10 +197,31 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
     core = optax.inject_hyperparams(
         lambda learning_rate, weight_decay: _core(optim.name, optim, learning_rate, weight_decay)
     )(learning_rate=schedule, weight_decay=weight_decay)
-    chain = optax.chain(optax.clip_by_global_norm(optim.clip_norm), core) if optim.clip_norm else core
+    parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
+    parts += [core, *encoder_group(optim)]
+    chain = optax.chain(*parts) if len(parts) > 1 else core
     # Non-finite updates are skipped (state and parameters unchanged) and counted; the
     # training loop stops after `max_consecutive_nonfinite` of them in a row.
     return optax.apply_if_finite(chain, max_consecutive_errors=2**31 - 1)
+
+
+def encoder_group(optim) -> list:
+    """[] or the transformation scaling the encoder's updates (see the module docstring)."""
+    scale, frozen = optim.get("encoder_lr_scale", 1.0), int(optim.get("freeze_encoder_steps", 0))
+    if scale < 0 or frozen < 0:
+        raise ValueError(f"config.optim.encoder_lr_scale ({scale}) and freeze_encoder_steps ({frozen}) must be >= 0")
+    if scale == 1.0 and frozen == 0:
+        return []
+
+    def factor(step):
+        return jnp.where(step < frozen, 0.0, scale)
+
+    return [optax.masked(optax.scale_by_schedule(factor), encoder_mask)]
+
+
+def encoder_mask(params):
+    """True for the parameters under the model's `encoder`."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: _path_names(path)[:1] == ["encoder"], params)
 
 
 def l1_penalty(params):
@@ -208,9 +236,10 @@ def _injected(opt_state):
     """The `inject_hyperparams` state inside `apply_if_finite(chain(clip?, inject))`, and a
     function that puts a replacement back."""
     inner = opt_state.inner_state
-    if isinstance(inner, tuple) and len(inner) == 2 and hasattr(inner[1], "hyperparams"):
-        return inner[1], lambda new: opt_state._replace(inner_state=(inner[0], new))
-    return inner, lambda new: opt_state._replace(inner_state=new)
+    if hasattr(inner, "hyperparams"):
+        return inner, lambda new: opt_state._replace(inner_state=new)
+    index = next(i for i, part in enumerate(inner) if hasattr(part, "hyperparams"))  # a chain's states
+    return inner[index], lambda new: opt_state._replace(inner_state=(*inner[:index], new, *inner[index + 1 :]))
 
 
 def current_learning_rate(opt_state):

@@ -90,7 +90,11 @@ def compile_program(config, mesh, task: Task) -> Program:
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(replicated, batch_sharding),
     )
-    init = functools.partial(init_state, make_model, tx, config.seed, shardings=state_sharding)
+
+    def init():
+        state = init_state(make_model, tx, config.seed, shardings=state_sharding)
+        return state.replace(**dict(zip(("params", "model_state"), task.pretrained(state.params, state.model_state))))
+
     return Program(
         None,
         mesh,
@@ -220,7 +224,11 @@ def compile_member_program(config, mesh, task: Task, *, seeds, weight_decays, ac
         predictions, in_shardings=(state_sharding, batch_sharding, replicated), out_shardings=batch_sharding
     )
     seeds, weight_decays = jnp.asarray(seeds, jnp.int32), jnp.asarray(weight_decays, jnp.float32)
-    init = lambda: jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)  # noqa: E731
+
+    def init():
+        state = jax.jit(initial, out_shardings=state_sharding)(seeds, weight_decays)
+        params, model_state = task.pretrained(state.params, state.model_state, members=True)
+        return state.replace(params=params, model_state=model_state)
 
     def place_hp(hp):  # every process holds all members' values: each takes its devices' slices
         return jax.tree.map(

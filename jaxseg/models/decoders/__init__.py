@@ -1,0 +1,1 @@
+"""smp's decoders, one architecture per file, and the heads and model they share (`heads.py`)."""

@@ -1,0 +1,185 @@
+"""`create(arch, encoder=...)`: smp's architectures on pretrained encoders, named as smp names them.
+
+| architecture | encoders |
+|---|---|
+| `unet` | `resnet18/34/50/101/152`, `resnext50_32x4d`, `resnext101_32x8d` |
+
+`weights` loads a full smp model's state dict of the same architecture; `encoder_weights` an
+encoder's (torchvision / smp-hub layout, the ImageNet classifier ignored), adapting the first
+convolution to `in_channels` as smp does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from jaxseg.models import weights as weight_files
+from jaxseg.models.decoders.heads import ClassificationHead, SegmentationHead, SegmentationModel
+from jaxseg.models.decoders.unet import UnetDecoder
+from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
+
+ENCODERS = {name: ResNetEncoder for name in RESNETS}
+FIRST_CONV = {ResNetEncoder: "conv1.weight"}
+CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",)}
+
+
+def make_encoder(name: str, *, in_channels: int, depth: int, output_stride: int = 32, **conv):
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; jaxseg has {sorted(ENCODERS)}")
+    return ENCODERS[name](name, in_channels=in_channels, depth=depth, output_stride=output_stride, **conv)
+
+
+def unet(
+    encoder,
+    num_classes: int,
+    *,
+    conv: dict,
+    encoder_depth: int = 5,
+    decoder_channels=(256, 128, 64, 32, 16),
+    decoder_use_norm: bool | str = "batchnorm",
+    decoder_attention_type: str | None = None,
+    decoder_interpolation: str = "nearest",
+) -> tuple:
+    """smp's `Unet` decoder and head on `encoder` (built with `depth=encoder_depth`)."""
+    if decoder_use_norm not in (True, False, "batchnorm", "identity"):
+        raise ValueError(f"decoder_use_norm must be True/'batchnorm' or False/'identity'; got {decoder_use_norm!r}")
+    decoder = UnetDecoder(
+        encoder.out_channels,
+        tuple(decoder_channels),
+        n_blocks=encoder_depth,
+        use_norm=decoder_use_norm in (True, "batchnorm"),
+        attention_type=decoder_attention_type,
+        interpolation=decoder_interpolation,
+        **conv,
+    )
+    return decoder, SegmentationHead(decoder_channels[-1], num_classes, kernel_size=3, **conv), 1
+
+
+ARCHITECTURES = {"unet": unet}
+DEPTH_OPTION = {"unet": "encoder_depth"}
+
+
+def create(
+    arch: str,
+    *,
+    encoder: str,
+    num_classes: int,
+    in_channels: int = 3,
+    weights=None,
+    encoder_weights=None,
+    aux_params: dict | None = None,
+    dtype=jnp.float32,
+    conv_general_dilated=lax.conv_general_dilated,
+    rngs: nnx.Rngs | None = None,
+    **options,
+) -> SegmentationModel:
+    """An smp architecture on an encoder: `model(images [B, H, W, in_channels], train=...)` ->
+    logits `[B, H, W, num_classes]` (and the auxiliary labels with `aux_params`).
+
+    Args:
+      arch: smp's class name lower-cased (`"unet"`).
+      encoder: smp's encoder name (`"resnet34"`).
+      num_classes: output channels (smp's `classes`).
+      in_channels: input channels.
+      weights: a full-model state dict of the same smp architecture: a safetensors / torch file,
+        or a Hugging Face Hub id.
+      encoder_weights: the encoder's state dict (file or hub id, e.g. `smp-hub/resnet34.imagenet`).
+      aux_params: smp's auxiliary classification head (`classes`, `pooling`, `dropout`).
+      dtype: compute dtype (parameters stay float32).
+      conv_general_dilated: the convolution of every layer (`jaxseg.kernels.convolution`).
+      rngs: initialisation keys (default `nnx.Rngs(0)`).
+      **options: the architecture's options as smp spells them (`decoder_channels`, ...).
+    """
+    arch = arch.lower()
+    build = functools.partial(
+        build_model,
+        arch,
+        encoder=encoder,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        aux_params=aux_params,
+        dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
+        **options,
+    )
+    # The files first: a bad path or an offline hub id fails before the build.
+    encoder_state = None if encoder_weights is None else weight_files.resolve(encoder_weights)
+    state = None if weights is None else weight_files.resolve(weights)
+    # Built under jit: eager initialisation runs every initializer as its own dispatch (17 s for
+    # a ResNet-34 Unet on 2 cores).
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))))
+    key = (rngs if rngs is not None else nnx.Rngs(0)).params()
+    model = nnx.merge(graphdef, jax.jit(lambda k: nnx.split(build(rngs=nnx.Rngs(k)))[1])(key))
+    if encoder_state is not None:
+        load_encoder_weights(model.encoder, encoder_state, in_channels)
+    if state is not None:
+        weight_files.load_state_dict(model, state)
+    return model
+
+
+def build_model(
+    arch: str,
+    *,
+    encoder: str,
+    num_classes: int,
+    in_channels: int,
+    aux_params: dict | None,
+    dtype,
+    conv_general_dilated,
+    rngs: nnx.Rngs,
+    **options,
+) -> SegmentationModel:
+    """The randomly initialised model of `create` (callable inside `jax.jit`)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; jaxseg has {sorted(ARCHITECTURES)}")
+    conv = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
+    depth = options.get(DEPTH_OPTION[arch], 5)
+    encoder_module = make_encoder(encoder, in_channels=in_channels, depth=depth, **conv)
+    try:
+        decoder, head, divisible_by = ARCHITECTURES[arch](encoder_module, num_classes, conv=conv, **options)
+    except TypeError as error:
+        raise TypeError(f"{arch}: {error}") from None
+    aux = None
+    if aux_params is not None:
+        aux_options = dict(aux_params)
+        aux_options.pop("activation", None)  # logits: activations belong to the loss
+        aux = ClassificationHead(encoder_module.out_channels[-1], dtype=dtype, rngs=rngs, **aux_options)
+    return SegmentationModel(encoder_module, decoder, head, aux, divisible_by=divisible_by)
+
+
+def encoder_state(encoder: str, state: dict, in_channels: int) -> tuple[dict, tuple]:
+    """(state dict, ignored key prefixes) of pretrained weights for the encoder named `encoder`:
+    its first convolution adapted to `in_channels`, its ImageNet classifier to be ignored."""
+    family = ENCODERS[encoder]
+    first = FIRST_CONV[family]
+    if first not in state:
+        raise ValueError(f"encoder weights have no {first!r}; are they for a {family.__name__}?")
+    return dict(state, **{first: weight_files.adapt_first_conv(state[first], in_channels)}), CLASSIFIER_KEYS[family]
+
+
+def load_encoder_weights(encoder, state: dict, in_channels: int) -> None:
+    """An encoder's pretrained state dict into the encoder module, in place."""
+    state, ignore = encoder_state(encoder.name, state, in_channels)
+    weight_files.load_state_dict(encoder, state, ignore=ignore)
+
+
+def pretrained_state(
+    params, model_state, *, encoder: str, in_channels: int, weights=None, encoder_weights=None, members: bool = False
+):
+    """The train state's `(params, model_state)` (`nnx.State`s of arrays, possibly sharded) with
+    `encoder_weights` written into the encoder and then `weights` into the whole model, as
+    `create` loads them (`members`: states stacked over ablation members)."""
+    trees = [params, model_state]
+    if encoder_weights is not None:
+        state, ignore = encoder_state(encoder, weight_files.resolve(encoder_weights), in_channels)
+        trees = weight_files.load_into_trees(
+            trees, state, under=("encoder",), ignore=ignore, target=f"encoder {encoder}", members=members
+        )
+    if weights is not None:
+        trees = weight_files.load_into_trees(trees, weight_files.resolve(weights), target="the model", members=members)
+    return tuple(trees)

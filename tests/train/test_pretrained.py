@@ -1,0 +1,120 @@
+"""Training an smp architecture from pretrained encoder weights: the weights land in the initial
+state, a frozen encoder stays at them while the decoder learns, and the encoder's learning
+rate is scaled as a torch parameter group's."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxseg import tasks
+from jaxseg.models import weights
+from jaxseg.models.encoders.resnet import ResNetEncoder
+from jaxseg.train.loop import train_and_evaluate
+from jaxseg.train.optim import make_optimizer
+from jaxseg.train.state import init_state
+from tests.train.test_optim_and_step import optim_config
+from tests.train.tiny import flat, saved_state
+
+
+def plain(key: str) -> str:
+    """A flattened state key without its quoting: `['decoder']['blocks']['0']...` -> `decoder/blocks/0/...`."""
+    parts = re.findall(r"\['?([^\]']+)'?\]|\.(\w+)", key)
+    return "/".join(a or b for a, b in parts if (a or b) != "value")
+
+
+def test_a_frozen_pretrained_encoder_keeps_its_weights_while_the_decoder_learns(tiny_config, tmp_path):
+    encoder = ResNetEncoder("resnet18", depth=2, rngs=nnx.Rngs(5))
+    file = tmp_path / "resnet18.safetensors"
+    weights.write_state_dict(weights.state_dict(encoder), file)
+    tiny_config.model = dict(
+        arch="unet", encoder="resnet18", encoder_depth=2, decoder_channels=(8, 8), encoder_weights=str(file)
+    )
+    tiny_config.optim.freeze_encoder_steps = 100
+    tiny_config.train.update(steps=4, eval_every=4, checkpoint_every=4)
+    metrics = train_and_evaluate(tiny_config, tmp_path / "run")
+    assert np.isfinite(metrics["loss"])
+    params = flat(saved_state(tmp_path / "run", 4)["params"])
+    expected = weights.state_dict(encoder)
+    assert params["['encoder']['conv1']['kernel']['value']"].shape == (7, 7, 3, 64)
+    np.testing.assert_array_equal(
+        params["['encoder']['layer3']['1']['conv2']['kernel']['value']"],
+        expected["layer3.1.conv2.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(params["['encoder']['bn1']['scale']['value']"], expected["bn1.weight"])
+    # The decoder moved away from its initialisation (the same seed's initial state).
+    make_model = tasks.get(tiny_config).model_factory()
+    start = {plain(k): v for k, v in flat(init_state(make_model, optax.identity(), tiny_config.seed).params).items()}
+    key = "decoder/blocks/0/conv1/0/kernel"
+    assert not np.allclose({plain(k): v for k, v in params.items()}[key], start[key])
+
+
+def test_the_encoder_learning_rate_scales_and_freezes_its_updates():
+    params = {"encoder": {"w": jnp.ones((3, 3))}, "decoder": {"w": jnp.ones((3, 3))}}
+    grads = {"encoder": {"w": jnp.full((3, 3), 0.5)}, "decoder": {"w": jnp.full((3, 3), 0.5)}}
+    for name in ("adamw", "sgd"):
+        plain = make_optimizer(optim_config(name=name, schedule="constant", clip_norm=0.0), 100)
+        scaled = make_optimizer(
+            optim_config(name=name, schedule="constant", clip_norm=0.0, encoder_lr_scale=0.1, freeze_encoder_steps=2),
+            100,
+        )
+        plain_state, scaled_state = plain.init(params), scaled.init(params)
+        for step in range(4):
+            expected, plain_state = plain.update(grads, plain_state, params)
+            got, scaled_state = scaled.update(grads, scaled_state, params)
+            factor = 0.0 if step < 2 else 0.1
+            np.testing.assert_allclose(got["encoder"]["w"], factor * expected["encoder"]["w"], rtol=1e-6)
+            np.testing.assert_allclose(got["decoder"]["w"], expected["decoder"]["w"], rtol=1e-6)
+            assert np.any(np.asarray(expected["encoder"]["w"]) != 0)
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        make_optimizer(optim_config(schedule="constant", encoder_lr_scale=-1.0), 100)
+
+
+def test_pretrained_weights_reach_every_ablation_member(tmp_path):
+    encoder = ResNetEncoder("resnet18", depth=2, rngs=nnx.Rngs(3))
+    file = tmp_path / "resnet18.safetensors"
+    weights.write_state_dict(weights.state_dict(encoder), file)
+    from jaxseg.models import zoo
+
+    make = zoo.build_model
+    model = nnx.eval_shape(
+        lambda: make(
+            "unet",
+            encoder="resnet18",
+            num_classes=2,
+            in_channels=3,
+            aux_params=None,
+            dtype=jnp.float32,
+            conv_general_dilated=jax.lax.conv_general_dilated,
+            encoder_depth=2,
+            decoder_channels=(8, 8),
+            rngs=nnx.Rngs(0),
+        )
+    )
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    stacked = jax.tree.map(lambda a: jnp.zeros((3, *a.shape), a.dtype), (params, rest))
+    params, rest = zoo.pretrained_state(*stacked, encoder="resnet18", in_channels=3, encoder_weights=file, members=True)
+    kernel = np.asarray(params["encoder"]["layer1"][0]["conv1"]["kernel"][...])
+    assert kernel.shape[0] == 3
+    for member in kernel:
+        np.testing.assert_array_equal(
+            member, weights.state_dict(encoder)["layer1.0.conv1.weight"].transpose(2, 3, 1, 0)
+        )
+    assert not np.any(np.asarray(params["decoder"]["blocks"][0]["conv1"][0]["kernel"][...]))  # untouched zeros
+
+
+def test_the_resnet34_unet_config_builds_smps_model():
+    from configs import seg_shapes_unet_resnet34
+
+    config = seg_shapes_unet_resnet34.get_config()
+    model = nnx.eval_shape(lambda: tasks.get(config).model_factory()(rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    count = sum(np.prod(p.shape) for p in jax.tree.leaves(params))
+    assert config.num_classes == 5
+    assert count == 24_436_949  # sum(p.numel() for p in smp.Unet("resnet34", classes=5).parameters())
