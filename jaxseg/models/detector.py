@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, apply_norm, conv, make_norm
+from jaxseg.models.layers import ConvFunction, call, conv, make_norm
 
 MAX_LOG_DISTANCE = 10.0  # exp(10) * stride is far beyond any image: the clip only guards overflow
 
@@ -39,7 +39,7 @@ class ConvNormReLU(nnx.Module):
         self.norm = make_norm(norm, features, groups=groups, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, *, train: bool):
-        return nnx.relu(apply_norm(self.norm, self.conv(x), train))
+        return nnx.relu(call(self.norm, self.conv(x), train))
 
 
 class FCOSDetector(nnx.Module):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, apply_norm, conv, make_norm, max_pool_2x2, resize_bilinear
+from jaxseg.models.layers import ConvFunction, call, conv, make_norm, max_pool_2x2, resize_bilinear
 
 
 class FCN(nnx.Module):
@@ -52,7 +52,7 @@ class FCN(nnx.Module):
         size = x.shape[1:3]
         features = []
         for layer, norm in zip(self.convs, self.norms):
-            x = nnx.relu(apply_norm(norm, layer(x), train))
+            x = nnx.relu(call(norm, layer(x), train))
             x = max_pool_2x2(x)
             features.append(x)
         last = features[-1]

@@ -34,19 +34,10 @@ def make_norm(kind: str, features: int, *, groups: int, dtype, rngs: nnx.Rngs):
     """BatchNorm (momentum 0.9, as torch's 0.1), GroupNorm (at most `features` groups) or None."""
     check_norm(kind)
     if kind == "batch":
-        return nnx.BatchNorm(features, momentum=0.9, dtype=dtype, rngs=rngs)
+        return batch_norm(features, dtype=dtype, rngs=rngs)
     if kind == "group":
         return nnx.GroupNorm(features, num_groups=min(groups, features), dtype=dtype, rngs=rngs)
     return None
-
-
-def apply_norm(norm, x, train: bool):
-    """`norm(x)`, with batch statistics while training for BatchNorm; `x` without a norm."""
-    if norm is None:
-        return x
-    if isinstance(norm, nnx.BatchNorm):
-        return norm(x, use_running_average=not train)
-    return norm(x)
 
 
 def max_pool_2x2(x):
@@ -109,8 +100,9 @@ def batch_norm(features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 def call(layer, x, train: bool):
-    """One entry of a torch-layout `nnx.List`: None is the identity (or a parameterless layer
-    the caller applies), BatchNorm uses batch statistics while training."""
+    """`layer(x)` for a layer or norm of any model (or an entry of a torch-layout `nnx.List`):
+    None is the identity (no norm, or a parameterless layer the caller applies), BatchNorm uses
+    batch statistics while training, modules of their own take `train`."""
     if layer is None:
         return x
     if isinstance(layer, nnx.BatchNorm):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, apply_norm, check_norm, conv, make_norm, max_pool_2x2, resize_bilinear
+from jaxseg.models.layers import ConvFunction, call, check_norm, conv, make_norm, max_pool_2x2, resize_bilinear
 
 UPSAMPLING = ("bilinear", "transpose")
 
@@ -24,8 +24,8 @@ class ConvBlock(nnx.Module):
         self.dropout = nnx.Dropout(dropout) if dropout > 0 else None
 
     def __call__(self, x, *, train: bool, key=None):
-        x = nnx.relu(apply_norm(self.norm1, self.conv1(x), train))
-        x = nnx.relu(apply_norm(self.norm2, self.conv2(x), train))
+        x = nnx.relu(call(self.norm1, self.conv1(x), train))
+        x = nnx.relu(call(self.norm2, self.conv2(x), train))
         if self.dropout is not None:
             x = self.dropout(x, deterministic=not train, rngs=key)
         return x

@@ -93,7 +93,8 @@ def compile_program(config, mesh, task: Task) -> Program:
 
     def init():
         state = init_state(make_model, tx, config.seed, shardings=state_sharding)
-        return state.replace(**dict(zip(("params", "model_state"), task.pretrained(state.params, state.model_state))))
+        params, model_state = task.pretrained(state.params, state.model_state)
+        return state.replace(params=params, model_state=model_state)
 
     return Program(
         None,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseg.models.layers import apply_norm, conv, make_norm, max_pool_2x2, resize_bilinear
+from jaxseg.models.layers import call, conv, make_norm, max_pool_2x2, resize_bilinear
 
 
 def numpy_bilinear_axis(x, size: int, axis: int):
@@ -56,11 +56,11 @@ def test_conv_computes_with_the_function_it_is_given():
 def test_norms_normalise_with_batch_statistics_in_training_only():
     x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2)) * 3.0 + 5.0
     batch = make_norm("batch", 2, groups=1, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    y = apply_norm(batch, x, train=True)
+    y = call(batch, x, train=True)
     np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(jnp.std(y, axis=(0, 1, 2)), 1.0, rtol=1e-3)
     # momentum 0.9 as torch's 0.1: one update moves the running mean a tenth of the way.
     np.testing.assert_allclose(batch.mean[...], 0.1 * jnp.mean(x, axis=(0, 1, 2)), rtol=1e-5)
-    assert apply_norm(None, x, train=True) is x
+    assert call(None, x, train=True) is x
     with pytest.raises(ValueError, match="norm must be one of"):
         make_norm("layer", 2, groups=1, dtype=jnp.float32, rngs=nnx.Rngs(0))
