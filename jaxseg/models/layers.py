@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -112,6 +113,24 @@ def call(layer, x, train: bool):
     return layer(x, train=train)
 
 
+SMP_NORMS = ("inplace", "batchnorm", "identity", "layernorm", "instancenorm")
+
+
+def use_batchnorm(use_norm) -> bool:
+    """smp's `use_norm` option (`get_norm_layer`): True / "batchnorm" / `{"type": "batchnorm"}`
+    is BatchNorm, False / "identity" none; smp's other norms are refused by name."""
+    kind = "batchnorm" if use_norm is True else "identity" if use_norm is False else use_norm
+    if isinstance(kind, dict):
+        if set(kind) != {"type"}:
+            raise ValueError(f"use_norm {use_norm!r}: jaxseg takes no norm arguments besides 'type'")
+        kind = kind["type"]
+    if not isinstance(kind, str) or kind.lower() not in SMP_NORMS:
+        raise ValueError(f"Unrecognized normalization type string provided: {use_norm}. Should be in {SMP_NORMS}")
+    if kind.lower() not in ("batchnorm", "identity"):
+        raise ValueError(f"use_norm={use_norm!r}: jaxseg builds 'batchnorm' and 'identity' (True / False)")
+    return kind.lower() == "batchnorm"
+
+
 class ConvNormReLU(nnx.List):
     """smp's `Conv2dReLU` (`[conv, norm, ReLU]`; conv bias only without a norm)."""
 
@@ -139,3 +158,88 @@ def resize_nearest(x, size):
     cols = (jnp.arange(size[1]) * (x.shape[2] / size[1])).astype(jnp.int32)
     rows, cols = jnp.minimum(rows, x.shape[1] - 1), jnp.minimum(cols, x.shape[2] - 1)
     return x[:, rows][:, :, cols]
+
+
+def resize_bilinear_align_corners(x, size):
+    """`[B, H, W, C]` -> `[B, *size, C]` as torch's `interpolate(mode="bilinear",
+    align_corners=True)` (and `nn.UpsamplingBilinear2d`): output pixel `i` samples the input at
+    `i * (in - 1) / (out - 1)`, so the corner pixels of both grids coincide."""
+    return _separable_resize(x, size, _align_corners_matrix)
+
+
+def adaptive_avg_pool(x, size):
+    """torch's `adaptive_avg_pool2d(x, size)` for `[B, H, W, C]`: output cell `i` averages input
+    rows `floor(i * H / s)` to `ceil((i + 1) * H / s)` (cells overlap when `s` does not divide `H`)."""
+    return _separable_resize(x, size, _adaptive_pool_matrix)
+
+
+def _separable_resize(x, size, matrix):
+    rows, cols = matrix(x.shape[1], size[0]), matrix(x.shape[2], size[1])
+    rows, cols = rows.astype(x.dtype), cols.astype(x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+
+
+def _align_corners_matrix(n_in: int, n_out: int):
+    """`[n_out, n_in]` linear interpolation weights at the align-corners source positions."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    source = np.arange(n_out) * scale
+    low = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = source - low
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1 - frac)
+    np.add.at(weights, (np.arange(n_out), high), frac)
+    return jnp.asarray(weights)
+
+
+def _adaptive_pool_matrix(n_in: int, n_out: int):
+    """`[n_out, n_in]` averaging weights of torch's adaptive pooling bins."""
+    weights = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return jnp.asarray(weights)
+
+
+class ConvTranspose2d(nnx.Module):
+    """`torch.nn.ConvTranspose2d(in, out, k, stride, padding)`, its kernel kept in torch's
+    `[in, out, kh, kw]` layout under torch's name `weight` (so the checkpoint map leaves it as is):
+    the gradient of a strided convolution, i.e. a convolution of the input dilated by `stride`
+    with the spatially flipped kernel, padded by `k - 1 - padding`."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        dtype=None,
+        conv_general_dilated: ConvFunction = lax.conv_general_dilated,
+        rngs: nnx.Rngs,
+    ):
+        # torch's default init: kaiming_uniform(a=sqrt(5)) over fan_in = out * k * k (dim 1 of its weight).
+        bound = 1.0 / np.sqrt(out_channels * kernel_size * kernel_size)
+        shape = (in_channels, out_channels, kernel_size, kernel_size)
+        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound))
+        self.bias = (
+            nnx.Param(jax.random.uniform(rngs.params(), (out_channels,), jnp.float32, -bound, bound)) if bias else None
+        )
+        self.stride, self.padding, self.kernel_size = stride, padding, kernel_size
+        self.dtype, self.conv_general_dilated = dtype, conv_general_dilated
+
+    def __call__(self, x):
+        dtype = self.dtype or x.dtype
+        kernel = jnp.transpose(self.weight[...], (2, 3, 0, 1))[::-1, ::-1].astype(dtype)  # HWIO, flipped
+        pad = self.kernel_size - 1 - self.padding
+        y = self.conv_general_dilated(
+            x.astype(dtype),
+            kernel,
+            window_strides=(1, 1),
+            padding=((pad, pad), (pad, pad)),
+            lhs_dilation=(self.stride, self.stride),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y if self.bias is None else y + self.bias[...].astype(dtype)

@@ -12,6 +12,7 @@ convolution to `in_channels` as smp does.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,7 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models import weights as weight_files
-from jaxseg.models.decoders.heads import ClassificationHead, SegmentationHead, SegmentationModel
-from jaxseg.models.decoders.unet import UnetDecoder
+from jaxseg.models.decoders.heads import ClassificationHead, SegmentationModel
 from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
 
 ENCODERS = {name: ResNetEncoder for name in RESNETS}
@@ -28,40 +28,36 @@ FIRST_CONV = {ResNetEncoder: "conv1.weight"}
 CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",)}
 
 
-def make_encoder(name: str, *, in_channels: int, depth: int, output_stride: int = 32, **conv):
+def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: int = 32, **conv):
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; jaxseg has {sorted(ENCODERS)}")
     return ENCODERS[name](name, in_channels=in_channels, depth=depth, output_stride=output_stride, **conv)
 
 
-def unet(
-    encoder,
-    num_classes: int,
-    *,
-    conv: dict,
-    encoder_depth: int = 5,
-    decoder_channels=(256, 128, 64, 32, 16),
-    decoder_use_norm: bool | str = "batchnorm",
-    decoder_attention_type: str | None = None,
-    decoder_interpolation: str = "nearest",
-) -> tuple:
-    """smp's `Unet` decoder and head on `encoder` (built with `depth=encoder_depth`)."""
-    if decoder_use_norm not in (True, False, "batchnorm", "identity"):
-        raise ValueError(f"decoder_use_norm must be True/'batchnorm' or False/'identity'; got {decoder_use_norm!r}")
-    decoder = UnetDecoder(
-        encoder.out_channels,
-        tuple(decoder_channels),
-        n_blocks=encoder_depth,
-        use_norm=decoder_use_norm in (True, "batchnorm"),
-        attention_type=decoder_attention_type,
-        interpolation=decoder_interpolation,
-        **conv,
-    )
-    return decoder, SegmentationHead(decoder_channels[-1], num_classes, kernel_size=3, **conv), 1
+# Architecture -> its module in jaxseg.models.decoders, which has a function of the
+# architecture's name, `arch(make_encoder, classes, *, conv, encoder_name, **smp options) ->
+# Parts`: smp's model constructor, building the encoder at the depth and output stride it
+# needs and refusing the options and encoders smp refuses.
+ARCHITECTURES = {
+    "unet": "unet",
+    "unetplusplus": "unetplusplus",
+    "manet": "manet",
+    "linknet": "linknet",
+    "fpn": "fpn",
+    "pspnet": "pspnet",
+    "deeplabv3": "deeplab",
+    "deeplabv3plus": "deeplab",
+    "pan": "pan",
+    "upernet": "upernet",
+    "segformer": "segformer",
+}
 
 
-ARCHITECTURES = {"unet": unet}
-DEPTH_OPTION = {"unet": "encoder_depth"}
+def architecture(arch: str):
+    """The builder of smp architecture `arch` (its class name lower-cased)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; jaxseg has {sorted(ARCHITECTURES)}")
+    return getattr(importlib.import_module(f"jaxseg.models.decoders.{ARCHITECTURES[arch]}"), arch)
 
 
 def create(
@@ -135,13 +131,13 @@ def build_model(
     **options,
 ) -> SegmentationModel:
     """The randomly initialised model of `create` (callable inside `jax.jit`)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; jaxseg has {sorted(ARCHITECTURES)}")
+    build = architecture(arch)
     conv = dict(dtype=dtype, conv_general_dilated=conv_general_dilated, rngs=rngs)
-    depth = options.get(DEPTH_OPTION[arch], 5)
-    encoder_module = make_encoder(encoder, in_channels=in_channels, depth=depth, **conv)
+    encoder_factory = functools.partial(make_encoder, encoder, in_channels=in_channels, **conv)
     try:
-        decoder, head, divisible_by = ARCHITECTURES[arch](encoder_module, num_classes, conv=conv, **options)
+        encoder_module, decoder, head, divisible_by = build(
+            encoder_factory, num_classes, conv=conv, encoder_name=encoder, **options
+        )
     except TypeError as error:
         raise TypeError(f"{arch}: {error}") from None
     aux = None

@@ -21,7 +21,20 @@ CASES = [
     ("unet", "resnet50", 3, {"decoder_interpolation": "bilinear", "decoder_use_norm": False}),
     ("unet", "resnext50_32x4d", 4, {"encoder_depth": 4, "decoder_channels": (64, 32, 16, 8)}),
 ]
-SMP_CLASSES = {"unet": "Unet"}
+SMP_CLASSES = {
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "manet": "MAnet",
+    "linknet": "Linknet",
+    "fpn": "FPN",
+    "pspnet": "PSPNet",
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+    "dpt": "DPT",
+}
 
 
 def randomize(torch, model):
@@ -58,27 +71,41 @@ def logits_of(output):
 
 @pytest.mark.parametrize("arch, encoder, in_channels, options", CASES, ids=[f"{a}-{e}" for a, e, _, _ in CASES])
 def test_smp_weights_give_smp_logits_and_gradients(arch, encoder, in_channels, options, tmp_path):
+    check_against_smp(arch, encoder, in_channels, options, tmp_path)
+
+
+def check_against_smp(arch, encoder, in_channels, options, tmp_path, *, size=(64, 96), train=True):
+    """smp's model `arch` with random weights and BatchNorm statistics, saved as a .pth and loaded
+    through `zoo.create(weights=...)`: the same logits in evaluation mode and, with `train`, the
+    same input gradients of a weighted sum of the logits in training mode (dropout must then be
+    0: the two sides draw different masks)."""
     # Both sides in float64, so the comparison tests the wiring, not rounding: random weights
     # and BatchNorm statistics make these networks ill-conditioned (logits up to ~1e4; torch's
     # own float32 logits are up to 1% of that scale away from its float64 ones).
     torch, reference = smp_model(arch, encoder, in_channels, options)
     path = tmp_path / "model.pth"
     torch.save(reference.state_dict(), path)
-    images = np.asarray(jax.random.normal(jax.random.key(0), (2, 64, 96, in_channels)), np.float64)
-    weights_of_logits = np.asarray(jax.random.normal(jax.random.key(1), (2, 64, 96, 3)), np.float64)
+    images = np.asarray(jax.random.normal(jax.random.key(0), (2, *size, in_channels)), np.float64)
+    weights_of_logits = np.asarray(jax.random.normal(jax.random.key(1), (2, *size, 3)), np.float64)
     reference = reference.double().eval()
     with torch.no_grad():
         expected = reference(nchw(torch, images))
-    reference.train()
-    inputs = nchw(torch, images).requires_grad_(True)
-    (logits_of(reference(inputs)) * torch.from_numpy(weights_of_logits.transpose(0, 3, 1, 2).copy())).sum().backward()
-    expected_grad = inputs.grad.numpy().transpose(0, 2, 3, 1)
-
     with jax.enable_x64(True):
         model = zoo.create(
             arch, encoder=encoder, num_classes=3, in_channels=in_channels, weights=path, dtype=jnp.float64, **options
         )
         ours = model(jnp.asarray(images), train=False)
+    if "aux_params" in options:
+        np.testing.assert_allclose(ours[1], expected[1].numpy(), rtol=1e-7, atol=1e-9 * expected[1].abs().max().item())
+    expected_logits = logits_of(expected).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(logits_of(ours), expected_logits, rtol=1e-7, atol=1e-9 * np.abs(expected_logits).max())
+    if not train:
+        return
+    reference.train()
+    inputs = nchw(torch, images).requires_grad_(True)
+    (logits_of(reference(inputs)) * torch.from_numpy(weights_of_logits.transpose(0, 3, 1, 2).copy())).sum().backward()
+    expected_grad = inputs.grad.numpy().transpose(0, 2, 3, 1)
+    with jax.enable_x64(True):
         graphdef, state = nnx.split(model)
 
         def objective(x, state):
@@ -86,10 +113,6 @@ def test_smp_weights_give_smp_logits_and_gradients(arch, encoder, in_channels, o
             return jnp.sum(logits_of(outputs) * weights_of_logits)
 
         ours_grad = jax.jit(jax.grad(objective))(jnp.asarray(images), state)  # training mode: batch statistics
-    if "aux_params" in options:
-        np.testing.assert_allclose(ours[1], expected[1].numpy(), rtol=1e-7, atol=1e-9 * expected[1].abs().max().item())
-    expected_logits = logits_of(expected).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_allclose(logits_of(ours), expected_logits, rtol=1e-7, atol=1e-9 * np.abs(expected_logits).max())
     np.testing.assert_allclose(ours_grad, expected_grad, rtol=1e-7, atol=1e-9 * np.abs(expected_grad).max())
 
 

@@ -3,12 +3,13 @@ scSE attention, and the model that joins an encoder, a decoder and the heads (`s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.layers import conv2d
+from jaxseg.models.layers import conv2d, resize_bilinear_align_corners
 
 KAIMING_FAN_IN = nnx.initializers.variance_scaling(2.0, "fan_in", "uniform")  # smp's decoder init
 XAVIER = nnx.initializers.xavier_uniform()  # smp's head init
@@ -51,14 +52,19 @@ class Attention(nnx.Module):
 
 
 class SegmentationHead(nnx.List):
-    """smp's `SegmentationHead`: a `k x k` convolution to the classes (logits: smp's `activation`
-    belongs to the loss here)."""
+    """smp's `SegmentationHead`: a `k x k` convolution to the classes, then `upsampling`x
+    bilinear upsampling with aligned corners (`nn.UpsamplingBilinear2d`; logits: smp's
+    `activation` belongs to the loss here)."""
 
-    def __init__(self, in_channels, classes, *, kernel_size: int = 3, **conv):
+    def __init__(self, in_channels, classes, *, kernel_size: int = 3, upsampling: int = 1, **conv):
         super().__init__([conv2d(in_channels, classes, kernel_size, kernel_init=XAVIER, **conv)])
+        self.upsampling = upsampling
 
     def __call__(self, x):
-        return self[0](x)
+        x = self[0](x)
+        if self.upsampling > 1:
+            x = resize_bilinear_align_corners(x, (x.shape[1] * self.upsampling, x.shape[2] * self.upsampling))
+        return x
 
 
 class ClassificationHead(nnx.List):
@@ -79,6 +85,17 @@ class ClassificationHead(nnx.List):
         return self[3](pooled)
 
 
+class Parts(NamedTuple):
+    """What an architecture's `build` returns: the modules of `SegmentationModel` and the factor
+    the input's height and width must divide by (smp's `requires_divisible_input_shape`: the
+    encoder's output stride, or 1 for architectures that resize to their skips' sizes)."""
+
+    encoder: Any
+    decoder: Any
+    segmentation_head: Any
+    divisible_by: int
+
+
 class SegmentationModel(nnx.Module):
     """An encoder, a decoder, the segmentation head and the optional classification head,
     called as smp's `SegmentationModel.forward`: logits `[B, H, W, classes]`, or
@@ -97,8 +114,9 @@ class SegmentationModel(nnx.Module):
                 f"Wrong input shape height={height}, width={width}. Expected image height and width divisible by "
                 f"{stride}. Consider pad your images to shape ({-(-height // stride) * stride}, {-(-width // stride) * stride})."
             )
+        decoder_key, aux_key = (None, None) if key is None else jax.random.split(key)
         features = self.encoder(x, train=train)
-        masks = self.segmentation_head(self.decoder(features, train=train))
+        masks = self.segmentation_head(self.decoder(features, train=train, key=decoder_key))
         if self.classification_head is None:
             return masks
-        return masks, self.classification_head(features[-1], train=train, key=key)
+        return masks, self.classification_head(features[-1], train=train, key=aux_key)

@@ -9,8 +9,8 @@ from typing import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.decoders.heads import KAIMING_FAN_IN, Attention
-from jaxseg.models.layers import ConvNormReLU, Sequential, resize_bilinear, resize_nearest
+from jaxseg.models.decoders.heads import KAIMING_FAN_IN, Attention, Parts, SegmentationHead
+from jaxseg.models.layers import ConvNormReLU, Sequential, resize_bilinear, resize_nearest, use_batchnorm
 
 INTERPOLATIONS = ("nearest", "bilinear")
 
@@ -62,10 +62,36 @@ class UnetDecoder(nnx.Module):
             [DecoderBlock(i, s, o, **options) for i, s, o in zip(in_channels, skip_channels, decoder_channels)]
         )
 
-    def __call__(self, features: list, *, train: bool = False):
+    def __call__(self, features: list, *, train: bool = False, key=None):
         sizes = [f.shape[1:3] for f in features][::-1]
         deepest, *skips = features[1:][::-1]
         x = deepest
         for i, block in enumerate(self.blocks):
             x = block(x, sizes[i + 1], skips[i] if i < len(skips) else None, train=train)
         return x
+
+
+def unet(
+    make_encoder,
+    classes: int,
+    *,
+    conv: dict,
+    encoder_name: str,
+    encoder_depth: int = 5,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    decoder_use_norm: bool | str = "batchnorm",
+    decoder_attention_type: str | None = None,
+    decoder_interpolation: str = "nearest",
+) -> Parts:
+    """smp's `Unet` (its options and defaults)."""
+    encoder = make_encoder(depth=encoder_depth)
+    decoder = UnetDecoder(
+        encoder.out_channels,
+        tuple(decoder_channels),
+        n_blocks=encoder_depth,
+        use_norm=use_batchnorm(decoder_use_norm),
+        attention_type=decoder_attention_type,
+        interpolation=decoder_interpolation,
+        **conv,
+    )
+    return Parts(encoder, decoder, SegmentationHead(decoder_channels[-1], classes, kernel_size=3, **conv), 1)
