@@ -47,9 +47,9 @@ def max_pool_2x2(x):
 
 
 def resize_bilinear(x, size):
-    """`[B, H, W, C]` -> `[B, *size, C]`, half-pixel bilinear (torch's `interpolate(mode="bilinear",
-    align_corners=False)` when upsampling)."""
-    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear")
+    """`[B, H, W, C]` -> `[B, *size, C]`, half-pixel bilinear: torch's `interpolate(mode="bilinear",
+    align_corners=False)`, which does not antialias when downsampling (`jax.image.resize` would)."""
+    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
 
 
 # ----------------------------------------------------------------------------- torch-layout layers
@@ -149,56 +149,6 @@ class Sequential(nnx.List):
         for layer in self:
             x = call(layer, x, train)
         return x
-
-
-def resize_nearest(x, size):
-    """`[B, H, W, C]` -> `[B, *size, C]` as torch's `interpolate(mode="nearest")`: source index
-    `floor(i * in / out)` (not the half-pixel rule of `jax.image.resize`)."""
-    rows = (jnp.arange(size[0]) * (x.shape[1] / size[0])).astype(jnp.int32)
-    cols = (jnp.arange(size[1]) * (x.shape[2] / size[1])).astype(jnp.int32)
-    rows, cols = jnp.minimum(rows, x.shape[1] - 1), jnp.minimum(cols, x.shape[2] - 1)
-    return x[:, rows][:, :, cols]
-
-
-def resize_bilinear_align_corners(x, size):
-    """`[B, H, W, C]` -> `[B, *size, C]` as torch's `interpolate(mode="bilinear",
-    align_corners=True)` (and `nn.UpsamplingBilinear2d`): output pixel `i` samples the input at
-    `i * (in - 1) / (out - 1)`, so the corner pixels of both grids coincide."""
-    return _separable_resize(x, size, _align_corners_matrix)
-
-
-def adaptive_avg_pool(x, size):
-    """torch's `adaptive_avg_pool2d(x, size)` for `[B, H, W, C]`: output cell `i` averages input
-    rows `floor(i * H / s)` to `ceil((i + 1) * H / s)` (cells overlap when `s` does not divide `H`)."""
-    return _separable_resize(x, size, _adaptive_pool_matrix)
-
-
-def _separable_resize(x, size, matrix):
-    rows, cols = matrix(x.shape[1], size[0]), matrix(x.shape[2], size[1])
-    rows, cols = rows.astype(x.dtype), cols.astype(x.dtype)
-    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
-
-
-def _align_corners_matrix(n_in: int, n_out: int):
-    """`[n_out, n_in]` linear interpolation weights at the align-corners source positions."""
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    source = np.arange(n_out) * scale
-    low = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
-    high = np.minimum(low + 1, n_in - 1)
-    frac = source - low
-    weights = np.zeros((n_out, n_in))
-    np.add.at(weights, (np.arange(n_out), low), 1 - frac)
-    np.add.at(weights, (np.arange(n_out), high), frac)
-    return jnp.asarray(weights)
-
-
-def _adaptive_pool_matrix(n_in: int, n_out: int):
-    """`[n_out, n_in]` averaging weights of torch's adaptive pooling bins."""
-    weights = np.zeros((n_out, n_in))
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return jnp.asarray(weights)
 
 
 class ConvTranspose2d(nnx.Module):

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxseg.models.layers import conv2d, resize_bilinear_align_corners
+from jaxseg.models.interpolation import interpolate
+from jaxseg.models.layers import conv2d
 
 KAIMING_FAN_IN = nnx.initializers.variance_scaling(2.0, "fan_in", "uniform")  # smp's decoder init
 XAVIER = nnx.initializers.xavier_uniform()  # smp's head init
@@ -63,7 +64,9 @@ class SegmentationHead(nnx.List):
     def __call__(self, x):
         x = self[0](x)
         if self.upsampling > 1:
-            x = resize_bilinear_align_corners(x, (x.shape[1] * self.upsampling, x.shape[2] * self.upsampling))
+            x = interpolate(
+                x, (x.shape[1] * self.upsampling, x.shape[2] * self.upsampling), "bilinear", align_corners=True
+            )
         return x
 
 
@@ -114,8 +117,9 @@ class SegmentationModel(nnx.Module):
                 f"Wrong input shape height={height}, width={width}. Expected image height and width divisible by "
                 f"{stride}. Consider pad your images to shape ({-(-height // stride) * stride}, {-(-width // stride) * stride})."
             )
-        decoder_key, aux_key = (None, None) if key is None else jax.random.split(key)
-        features = self.encoder(x, train=train)
+        # Keys for the encoder's stochastic depth (MiT), the decoder's and the aux head's dropout.
+        encoder_key, decoder_key, aux_key = (None, None, None) if key is None else jax.random.split(key, 3)
+        features = self.encoder(x, train=train, key=encoder_key)
         masks = self.segmentation_head(self.decoder(features, train=train, key=decoder_key))
         if self.classification_head is None:
             return masks

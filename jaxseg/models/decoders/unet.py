@@ -10,9 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxseg.models.decoders.heads import KAIMING_FAN_IN, Attention, Parts, SegmentationHead
-from jaxseg.models.layers import ConvNormReLU, Sequential, resize_bilinear, resize_nearest, use_batchnorm
-
-INTERPOLATIONS = ("nearest", "bilinear")
+from jaxseg.models.interpolation import check_interpolation, interpolate
+from jaxseg.models.layers import ConvNormReLU, Sequential, use_batchnorm
 
 
 class DecoderBlock(nnx.Module):
@@ -25,7 +24,7 @@ class DecoderBlock(nnx.Module):
         self.attention2 = Attention(attention_type, out_channels, **conv)
 
     def __call__(self, x, size, skip, *, train: bool):
-        x = (resize_nearest if self.interpolation == "nearest" else resize_bilinear)(x, size)
+        x = interpolate(x, size, self.interpolation)
         if skip is not None:
             x = self.attention1(jnp.concatenate([x, skip], axis=-1), train=train)
         x = self.conv2(self.conv1(x, train=train), train=train)
@@ -52,8 +51,7 @@ class UnetDecoder(nnx.Module):
             raise ValueError(
                 f"Model depth is {n_blocks}, but you provide `decoder_channels` for {len(decoder_channels)} blocks."
             )
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"decoder_interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}")
+        check_interpolation(interpolation)
         encoder_channels = list(encoder_channels[1:])[::-1]
         in_channels = [encoder_channels[0], *decoder_channels[:-1]]
         skip_channels = [*encoder_channels[1:], 0]

@@ -140,7 +140,7 @@ class ResNetEncoder(nnx.Module):
                 channels = planes * expansion
             setattr(self, f"layer{index + 1}", Sequential(stage))
 
-    def __call__(self, x, *, train: bool = False) -> list:
+    def __call__(self, x, *, train: bool = False, key=None) -> list:  # key: no randomness here
         features = [x]
         if self.depth >= 1:
             x = nnx.relu(call(self.bn1, self.conv1(x), train))
