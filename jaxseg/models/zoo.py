@@ -1,8 +1,9 @@
-"""`create(arch, encoder=...)`: smp's architectures on pretrained encoders, named as smp names them.
+"""`create(arch, encoder=...)`: smp 0.6's architectures on pretrained encoders, named as smp
+names them.
 
-| architecture | encoders |
-|---|---|
-| `unet` | `resnet18/34/50/101/152`, `resnext50_32x4d`, `resnext101_32x8d` |
+Architectures (`ARCHITECTURES`, smp's class names lower-cased): unet, unetplusplus, manet,
+linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer. Encoders
+(`ENCODERS`): resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, mit_b0..b5.
 
 `weights` loads a full smp model's state dict of the same architecture; `encoder_weights` an
 encoder's (torchvision / smp-hub layout, the ImageNet classifier ignored), adapting the first
@@ -12,7 +13,6 @@ convolution to `in_channels` as smp does.
 from __future__ import annotations
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +20,17 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models import weights as weight_files
+from jaxseg.models.decoders import deeplab, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet
 from jaxseg.models.decoders.heads import ClassificationHead, SegmentationModel
+from jaxseg.models.encoders.mix_transformer import MIT_ENCODERS, MixVisionTransformerEncoder
 from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
 
-ENCODERS = {name: ResNetEncoder for name in RESNETS}
-FIRST_CONV = {ResNetEncoder: "conv1.weight"}
-CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",)}
+ENCODERS = {
+    **{name: ResNetEncoder for name in RESNETS},
+    **{name: MixVisionTransformerEncoder for name in MIT_ENCODERS},
+}
+FIRST_CONV = {ResNetEncoder: "conv1.weight", MixVisionTransformerEncoder: "patch_embed1.proj.weight"}
+CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",), MixVisionTransformerEncoder: ("head.",)}
 
 
 def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: int = 32, **conv):
@@ -34,22 +39,21 @@ def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: 
     return ENCODERS[name](name, in_channels=in_channels, depth=depth, output_stride=output_stride, **conv)
 
 
-# Architecture -> its module in jaxseg.models.decoders, which has a function of the
-# architecture's name, `arch(make_encoder, classes, *, conv, encoder_name, **smp options) ->
-# Parts`: smp's model constructor, building the encoder at the depth and output stride it
-# needs and refusing the options and encoders smp refuses.
+# smp's model constructors: `arch(make_encoder, classes, *, conv, encoder_name, **smp options)
+# -> Parts` builds the encoder at the depth and output stride it needs, the decoder and the
+# head, and refuses the options and encoders smp refuses.
 ARCHITECTURES = {
-    "unet": "unet",
-    "unetplusplus": "unetplusplus",
-    "manet": "manet",
-    "linknet": "linknet",
-    "fpn": "fpn",
-    "pspnet": "pspnet",
-    "deeplabv3": "deeplab",
-    "deeplabv3plus": "deeplab",
-    "pan": "pan",
-    "upernet": "upernet",
-    "segformer": "segformer",
+    "unet": unet.unet,
+    "unetplusplus": unetplusplus.unetplusplus,
+    "manet": manet.manet,
+    "linknet": linknet.linknet,
+    "fpn": fpn.fpn,
+    "pspnet": pspnet.pspnet,
+    "deeplabv3": deeplab.deeplabv3,
+    "deeplabv3plus": deeplab.deeplabv3plus,
+    "pan": pan.pan,
+    "upernet": upernet.upernet,
+    "segformer": segformer.segformer,
 }
 
 
@@ -57,7 +61,7 @@ def architecture(arch: str):
     """The builder of smp architecture `arch` (its class name lower-cased)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; jaxseg has {sorted(ARCHITECTURES)}")
-    return getattr(importlib.import_module(f"jaxseg.models.decoders.{ARCHITECTURES[arch]}"), arch)
+    return ARCHITECTURES[arch]
 
 
 def create(
@@ -78,7 +82,7 @@ def create(
     logits `[B, H, W, num_classes]` (and the auxiliary labels with `aux_params`).
 
     Args:
-      arch: smp's class name lower-cased (`"unet"`).
+      arch: smp's class name lower-cased (`"unet"`, `"deeplabv3plus"`, ...).
       encoder: smp's encoder name (`"resnet34"`).
       num_classes: output channels (smp's `classes`).
       in_channels: input channels.
@@ -108,13 +112,14 @@ def create(
     state = None if weights is None else weight_files.resolve(weights)
     # Built under jit: eager initialisation runs every initializer as its own dispatch (17 s for
     # a ResNet-34 Unet on 2 cores).
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))))
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))))
+    if state is not None:  # every variable comes from the file: nothing to initialise
+        (values,) = weight_files.load_into_trees([abstract], state, target=f"{arch} on {encoder}")
+        return nnx.merge(graphdef, values)
     key = (rngs if rngs is not None else nnx.Rngs(0)).params()
     model = nnx.merge(graphdef, jax.jit(lambda k: nnx.split(build(rngs=nnx.Rngs(k)))[1])(key))
     if encoder_state is not None:
         load_encoder_weights(model.encoder, encoder_state, in_channels)
-    if state is not None:
-        weight_files.load_state_dict(model, state)
     return model
 
 
@@ -141,7 +146,7 @@ def build_model(
     except TypeError as error:
         raise TypeError(f"{arch}: {error}") from None
     aux = None
-    if aux_params is not None:
+    if aux_params:  # smp's PSPNet: an empty dict is no head (the others fail on it)
         aux_options = dict(aux_params)
         aux_options.pop("activation", None)  # logits: activations belong to the loss
         aux = ClassificationHead(encoder_module.out_channels[-1], dtype=dtype, rngs=rngs, **aux_options)

@@ -18,7 +18,7 @@ IMAGES = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
 
 @pytest.fixture(scope="module")
 def unet18():
-    return zoo.create("unet", encoder="resnet18", num_classes=4, decoder_channels=(32, 16, 16, 8, 8))
+    return zoo.create("unet", encoder="resnet18", num_classes=4, encoder_depth=3, decoder_channels=(16, 8, 8))
 
 
 def test_unet_predicts_logits_per_pixel_at_any_size(unet18):
@@ -46,7 +46,13 @@ def test_state_dict_round_trip_gives_the_same_model(unet18, tmp_path):
     path = tmp_path / "unet.safetensors"
     weights.write_state_dict(state, path)
     loaded = zoo.create(
-        "unet", encoder="resnet18", num_classes=4, decoder_channels=(32, 16, 16, 8, 8), weights=path, rngs=nnx.Rngs(7)
+        "unet",
+        encoder="resnet18",
+        num_classes=4,
+        encoder_depth=3,
+        decoder_channels=(16, 8, 8),
+        weights=path,
+        rngs=nnx.Rngs(7),
     )
     np.testing.assert_array_equal(loaded(IMAGES), unet18(IMAGES))
 
@@ -67,13 +73,21 @@ def test_aux_head_and_attention_options():
     assert "decoder.blocks.0.attention1.attention.cSE.1.weight" in weights.state_dict(model)
 
 
-def test_encoder_weights_adapt_the_first_convolution(tmp_path):
-    encoder = ResNetEncoder("resnet18", rngs=nnx.Rngs(1))
-    state = weights.state_dict(encoder)
+def test_encoder_weights_adapt_the_first_convolution(unet18, tmp_path):
+    state = weights.state_dict(unet18.encoder)  # every stage is built, whatever the depth
     state["fc.weight"], state["fc.bias"] = np.zeros((1000, 512), np.float32), np.zeros(1000, np.float32)
     path = tmp_path / "resnet18.safetensors"
     weights.write_state_dict(state, path)
-    model = zoo.create("unet", encoder="resnet18", num_classes=2, in_channels=5, encoder_weights=path, rngs=nnx.Rngs(9))
+    model = zoo.create(
+        "unet",
+        encoder="resnet18",
+        num_classes=2,
+        in_channels=5,
+        encoder_weights=path,
+        encoder_depth=1,
+        decoder_channels=(8,),
+        rngs=nnx.Rngs(9),
+    )
     kernel = np.asarray(model.encoder.conv1.kernel[...]).transpose(3, 2, 0, 1)
     np.testing.assert_allclose(kernel, weights.adapt_first_conv(state["conv1.weight"], 5), rtol=1e-6)
     np.testing.assert_array_equal(model.encoder.layer3[0].bn1.mean[...], state["layer3.0.bn1.running_mean"])
@@ -119,6 +133,7 @@ def test_a_hub_id_offline_names_the_id_and_the_cache(monkeypatch, tmp_path):
         zoo.create("unet", encoder="resnet18", num_classes=2, encoder_weights="smp-hub/resnet18.imagenet")
 
 
+@pytest.mark.slow  # gradients against smp's: tests/conformance; a zoo model trains in tests/train/test_pretrained.py
 def test_the_model_trains_under_jit_and_grad(unet18):
     graphdef, params, rest = nnx.split(unet18, nnx.Param, ...)
 
