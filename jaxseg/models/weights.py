@@ -123,7 +123,9 @@ def write_state_dict(state: dict[str, np.ndarray], path) -> None:
     """Write a state dict as safetensors (what `torch.load`-free tools and smp's hub read)."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    # np.asarray(order="C"), not np.ascontiguousarray: that makes 0-d arrays (torch's
+    # num_batches_tracked) 1-d, and torch then reports the shapes as mismatched.
+    save_file({k: np.asarray(v, order="C") for k, v in state.items()}, str(path))
 
 
 # ----------------------------------------------------------------------------- the key map
@@ -211,9 +213,10 @@ def _plain_path(key_path) -> tuple:
 def load_into_trees(
     trees, state: dict, *, under: tuple = (), ignore: tuple = (), target: str, members: bool = False
 ) -> list:
-    """`trees` (e.g. the train state's params and BatchNorm statistics, `nnx.State`s of arrays)
-    with the leaves under the path `under` replaced by the state dict's values, each put where
-    the leaf lived (its sharding; every process reads the file). The key rules of `matched`;
+    """`trees` (e.g. the train state's params and BatchNorm statistics, `nnx.State`s of arrays,
+    or of the `jax.ShapeDtypeStruct`s of an abstract model) with the leaves under the path
+    `under` replaced by the state dict's values, each put where the leaf lived (its sharding;
+    every process reads the file). The key rules of `matched`;
     `under` is the module the state dict belongs to (`("encoder",)` for encoder weights);
     `members`: the leaves are stacked over ablation members (axis 0), each member gets the values."""
     leaves = {}
@@ -228,7 +231,12 @@ def load_into_trees(
     for path, value in values.items():
         index, key_path, leaf = leaves[path]
         value = np.broadcast_to(value.astype(leaf.dtype), leaf.shape)
-        replacements[index][key_path] = jax.make_array_from_callback(leaf.shape, leaf.sharding, value.__getitem__)
+        sharding = getattr(leaf, "sharding", None)  # None: an abstract leaf (`jax.eval_shape`)
+        replacements[index][key_path] = (
+            jnp.asarray(value)
+            if sharding is None
+            else jax.make_array_from_callback(leaf.shape, sharding, value.__getitem__)
+        )
     return [
         jax.tree_util.tree_map_with_path(lambda kp, leaf, r=r: r.get(kp, leaf), tree)
         for tree, r in zip(trees, replacements)
@@ -277,8 +285,11 @@ def hub_file(hub_id: str, filename: str = "model.safetensors") -> Path:
 
 
 def resolve(weights) -> dict[str, np.ndarray]:
-    """A state dict from a path, or from a hub id (`owner/name` that is not a local file)."""
+    """A state dict from a path (a saved-model directory: its `model.safetensors`), or from a hub
+    id (`owner/name` that is not a local file)."""
     path = Path(weights)
+    if path.is_dir():
+        path = path / "model.safetensors"
     if not path.exists() and str(weights).count("/") == 1 and path.suffix not in FILE_SUFFIXES:
         path = hub_file(str(weights))
     return read_state_dict(path)

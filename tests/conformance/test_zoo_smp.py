@@ -5,6 +5,8 @@ torchvision's; the exported state dict loads back into smp with its own tensors.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,11 +76,12 @@ def test_smp_weights_give_smp_logits_and_gradients(arch, encoder, in_channels, o
     check_against_smp(arch, encoder, in_channels, options, tmp_path)
 
 
-def check_against_smp(arch, encoder, in_channels, options, tmp_path, *, size=(64, 96), train=True):
+def check_against_smp(arch, encoder, in_channels, options, tmp_path, *, size=(64, 96), train=True, deterministic=None):
     """smp's model `arch` with random weights and BatchNorm statistics, saved as a .pth and loaded
     through `zoo.create(weights=...)`: the same logits in evaluation mode and, with `train`, the
     same input gradients of a weighted sum of the logits in training mode (dropout must then be
-    0: the two sides draw different masks)."""
+    0: the two sides draw different masks; `deterministic(torch_model, jaxseg_model)` turns off
+    other randomness in place, e.g. stochastic depth)."""
     # Both sides in float64, so the comparison tests the wiring, not rounding: random weights
     # and BatchNorm statistics make these networks ill-conditioned (logits up to ~1e4; torch's
     # own float32 logits are up to 1% of that scale away from its float64 ones).
@@ -94,13 +97,16 @@ def check_against_smp(arch, encoder, in_channels, options, tmp_path, *, size=(64
         model = zoo.create(
             arch, encoder=encoder, num_classes=3, in_channels=in_channels, weights=path, dtype=jnp.float64, **options
         )
-        ours = model(jnp.asarray(images), train=False)
+        # One compiled forward: op-by-op dispatch would compile each of the network's ~400 ops.
+        ours = nnx.jit(lambda model, x: model(x, train=False))(model, jnp.asarray(images))
     if "aux_params" in options:
         np.testing.assert_allclose(ours[1], expected[1].numpy(), rtol=1e-7, atol=1e-9 * expected[1].abs().max().item())
     expected_logits = logits_of(expected).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(logits_of(ours), expected_logits, rtol=1e-7, atol=1e-9 * np.abs(expected_logits).max())
     if not train:
         return
+    if deterministic is not None:
+        deterministic(reference, model)
     reference.train()
     inputs = nchw(torch, images).requires_grad_(True)
     (logits_of(reference(inputs)) * torch.from_numpy(weights_of_logits.transpose(0, 3, 1, 2).copy())).sum().backward()
@@ -116,15 +122,15 @@ def check_against_smp(arch, encoder, in_channels, options, tmp_path, *, size=(64
     np.testing.assert_allclose(ours_grad, expected_grad, rtol=1e-7, atol=1e-9 * np.abs(expected_grad).max())
 
 
-def test_float32_logits_are_as_close_to_float64_as_torchs_own_float32():
+def test_float32_logits_are_as_close_to_float64_as_torchs_own_float32(tmp_path):
     torch, reference = smp_model("unet", "resnet34", 3, {})
+    weights.write_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, tmp_path / "model.safetensors")
     images = np.asarray(jax.random.normal(jax.random.key(0), (2, 64, 64, 3)))
     with torch.no_grad():
         float32 = reference.eval()(nchw(torch, images).float()).double().numpy().transpose(0, 2, 3, 1)
         float64 = reference.double()(nchw(torch, images)).numpy().transpose(0, 2, 3, 1)
-    model = zoo.create("unet", encoder="resnet34", num_classes=3)
-    weights.load_state_dict(model, {k: v.float().numpy() for k, v in reference.state_dict().items()})
-    ours = np.asarray(model(jnp.asarray(images, jnp.float32)))
+    model = zoo.create("unet", encoder="resnet34", num_classes=3, weights=tmp_path / "model.safetensors")
+    ours = np.asarray(nnx.jit(lambda model, x: model(x, train=False))(model, jnp.asarray(images, jnp.float32)))
     torch_error = np.abs(float32 - float64).max()
     assert np.abs(ours - float64).max() <= 10 * torch_error + 1e-5 * np.abs(float64).max()
 
@@ -181,3 +187,31 @@ def test_first_convolution_adapts_as_smp_patches_it(in_channels):
         weights.adapt_first_conv(kernel, in_channels), conv[0].weight.detach().numpy(), rtol=1e-6
     )
     del smp
+
+
+def test_saved_model_directories_load_both_ways(tmp_path):
+    """smp's `save_pretrained` directory -> `convert.from_pretrained`, and jaxseg's
+    `convert.save_pretrained` -> `smp.from_pretrained`: the same logits each way."""
+    from jaxseg.models import convert
+
+    smp = references.smp()
+    options = {"decoder_channels": (64, 32, 32, 16, 16), "decoder_attention_type": "scse"}
+    torch, reference = smp_model("unet", "resnet18", 3, options)
+    reference.save_pretrained(tmp_path / "from_smp")
+    images = np.asarray(jax.random.normal(jax.random.key(0), (2, 64, 64, 3)), np.float64)
+    with torch.no_grad():
+        expected = reference.double().eval()(nchw(torch, images)).numpy().transpose(0, 2, 3, 1)
+    with jax.enable_x64(True):
+        ours = convert.from_pretrained(tmp_path / "from_smp", dtype=jnp.float64)
+        np.testing.assert_allclose(ours(jnp.asarray(images)), expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+
+    convert.save_pretrained(
+        ours, tmp_path / "from_jaxseg", arch="unet", encoder="resnet18", num_classes=3, normalization={}, **options
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # smp warns of mismatched keys instead of failing
+        loaded = smp.from_pretrained(str(tmp_path / "from_jaxseg"))
+    assert type(loaded) is type(reference)
+    with torch.no_grad():
+        again = loaded.double().eval()(nchw(torch, images)).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(again, expected, rtol=0, atol=0)

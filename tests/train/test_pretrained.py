@@ -1,9 +1,11 @@
 """Training an smp architecture from pretrained encoder weights: the weights land in the initial
-state, a frozen encoder stays at them while the decoder learns, and the encoder's learning
-rate is scaled as a torch parameter group's."""
+state, a frozen encoder stays at them while the decoder learns, the encoder's learning rate is
+scaled as a torch parameter group's, and the trained model exports to smp's saved-model
+directory (`python -m jaxseg.models.convert`; smp itself reading it: tests/conformance)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import jax
@@ -14,13 +16,15 @@ import pytest
 from flax import nnx
 
 from jaxseg import tasks
-from jaxseg.models import weights
+from jaxseg.models import convert, weights
 from jaxseg.models.encoders.resnet import ResNetEncoder
+from jaxseg.tasks.segmentation import normalize
+from jaxseg.train.inference import logits_fn, restore
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.optim import make_optimizer
 from jaxseg.train.state import init_state
 from tests.train.test_optim_and_step import optim_config
-from tests.train.tiny import flat, saved_state
+from tests.train.tiny import flat, saved_state, tiny_config
 
 
 def plain(key: str) -> str:
@@ -29,19 +33,28 @@ def plain(key: str) -> str:
     return "/".join(a or b for a, b in parts if (a or b) != "value")
 
 
-def test_a_frozen_pretrained_encoder_keeps_its_weights_while_the_decoder_learns(tiny_config, tmp_path):
+@pytest.fixture(scope="module")
+def pretrained_run(compilation_cache, tmp_path_factory):
+    """A 4-step run of smp's Unet from a saved ResNet-18's weights, the encoder frozen:
+    `(config, workdir, encoder state dict)`."""
+    tmp_path = tmp_path_factory.mktemp("pretrained")
     encoder = ResNetEncoder("resnet18", depth=2, rngs=nnx.Rngs(5))
     file = tmp_path / "resnet18.safetensors"
     weights.write_state_dict(weights.state_dict(encoder), file)
-    tiny_config.model = dict(
+    config = tiny_config(compilation_cache)
+    config.model = dict(
         arch="unet", encoder="resnet18", encoder_depth=2, decoder_channels=(8, 8), encoder_weights=str(file)
     )
-    tiny_config.optim.freeze_encoder_steps = 100
-    tiny_config.train.update(steps=4, eval_every=4, checkpoint_every=4)
-    metrics = train_and_evaluate(tiny_config, tmp_path / "run")
+    config.optim.freeze_encoder_steps = 100
+    config.train.update(steps=4, eval_every=4, checkpoint_every=4)
+    metrics = train_and_evaluate(config, tmp_path / "run")
     assert np.isfinite(metrics["loss"])
-    params = flat(saved_state(tmp_path / "run", 4)["params"])
-    expected = weights.state_dict(encoder)
+    return config, tmp_path / "run", weights.state_dict(encoder)
+
+
+def test_a_frozen_pretrained_encoder_keeps_its_weights_while_the_decoder_learns(pretrained_run):
+    config, workdir, expected = pretrained_run
+    params = flat(saved_state(workdir, 4)["params"])
     assert params["['encoder']['conv1']['kernel']['value']"].shape == (7, 7, 3, 64)
     np.testing.assert_array_equal(
         params["['encoder']['layer3']['1']['conv2']['kernel']['value']"],
@@ -49,10 +62,25 @@ def test_a_frozen_pretrained_encoder_keeps_its_weights_while_the_decoder_learns(
     )
     np.testing.assert_array_equal(params["['encoder']['bn1']['scale']['value']"], expected["bn1.weight"])
     # The decoder moved away from its initialisation (the same seed's initial state).
-    make_model = tasks.get(tiny_config).model_factory()
-    start = {plain(k): v for k, v in flat(init_state(make_model, optax.identity(), tiny_config.seed).params).items()}
+    make_model = tasks.get(config).model_factory()
+    start = {plain(k): v for k, v in flat(init_state(make_model, optax.identity(), config.seed).params).items()}
     key = "decoder/blocks/0/conv1/0/kernel"
     assert not np.allclose({plain(k): v for k, v in params.items()}[key], start[key])
+
+
+def test_the_trained_model_exports_to_smps_directory_and_reads_back(pretrained_run, tmp_path):
+    config, workdir, _ = pretrained_run
+    convert.main(["--workdir", str(workdir), "--out", str(tmp_path / "smp")])
+    saved = json.loads((tmp_path / "smp" / "config.json").read_text())
+    assert saved["_model_class"] == "Unet" and saved["encoder_name"] == "resnet18"
+    assert (saved["classes"], saved["in_channels"], saved["encoder_depth"]) == (config.num_classes, 3, 2)
+    assert saved["decoder_channels"] == [8, 8] and saved["encoder_weights"] is None
+    assert saved[convert.NORMALIZATION_KEY] == {"mean": list(config.data.mean), "std": list(config.data.std)}
+    images = np.asarray(jax.random.randint(jax.random.key(0), (2, 32, 32, 3), 0, 256), np.uint8)
+    expected = logits_fn(restore(workdir, "best"))(images)
+    model = convert.from_pretrained(tmp_path / "smp")
+    ours = model(normalize(images, config.data.mean, config.data.std), train=False)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
 
 
 def test_the_encoder_learning_rate_scales_and_freezes_its_updates():
