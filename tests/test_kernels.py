@@ -85,9 +85,12 @@ def test_values_and_gradients_match_xla(x_shape, k_shape):
     x = jax.random.normal(kx, x_shape)
     kernel = jax.random.normal(kk, k_shape)
     weights = jax.random.normal(kw, x_shape[:3] + k_shape[3:])
-    (value, (dx, dk)) = value_and_grads(onednn.conv2d, x, kernel, weights)
-    (ref_value, (ref_dx, ref_dk)) = value_and_grads(lax_conv, x, kernel, weights)
-    for ours, ref in [(value, ref_value), (dx, ref_dx), (dk, ref_dk)]:
+    _, (dx, dk) = value_and_grads(onednn.conv2d, x, kernel, weights)
+    _, (ref_dx, ref_dk) = value_and_grads(lax_conv, x, kernel, weights)
+    # The outputs, not the scalar objective: its sum cancels (0.12 from ~760 terms of size ~7),
+    # so its relative error measures the summation order rather than the convolution.
+    outputs, ref_outputs = jax.jit(onednn.conv2d)(x, kernel), jax.jit(lax_conv)(x, kernel)
+    for ours, ref in [(outputs, ref_outputs), (dx, ref_dx), (dk, ref_dk)]:
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
