@@ -113,6 +113,27 @@ def call(layer, x, train: bool):
     return layer(x, train=train)
 
 
+def drop_path(x, rate: float, key):
+    """timm's `drop_path` (stochastic depth; lukemelas' `drop_connect` for EfficientNet): each
+    sample's `x` is zeroed with probability `rate` and the kept ones scaled by `1 / (1 - rate)`;
+    the identity without a key or at rate 0 (the encoders refuse training without a key)."""
+    if key is None or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = mask.astype(x.dtype)
+    return x * mask / keep if keep > 0.0 else x * mask
+
+
+def check_drop_key(train: bool, key, rates, encoder: str) -> None:
+    """Stochastic depth in training needs a key: without one it would silently be off."""
+    if train and key is None and any(rate > 0.0 for rate in rates):
+        raise ValueError(
+            f"{encoder} drops residual branches in training (stochastic depth): call the model with "
+            "train=True and key=..., or set the blocks' rates to 0"
+        )
+
+
 SMP_NORMS = ("inplace", "batchnorm", "identity", "layernorm", "instancenorm")
 
 

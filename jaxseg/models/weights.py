@@ -11,8 +11,9 @@ submodules as torch does, so a parameter's path is its state-dict key; the only 
 | norm `scale` / `bias` | `weight` / `bias` | as is |
 | BatchNorm `mean` / `var` | `running_mean` / `running_var` | as is |
 
-Files: safetensors, or torch's zip `.pth`/`.pt`/`.bin` read without importing torch (a
-restricted unpickler that accepts only tensors, parameters and ordered dicts).
+Files: safetensors, or torch's `.pth`/`.pt`/`.bin` (zip, or the legacy format before torch 1.6) read
+without importing torch (a restricted unpickler that accepts only tensors, parameters and ordered
+dicts).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import collections
 import pickle
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,10 +89,78 @@ class _TorchUnpickler(pickle.Unpickler):
         return np.frombuffer(data, dtype=_STORAGE_DTYPES[storage_type])
 
 
+class _Pending(NamedTuple):
+    """A tensor of a legacy checkpoint, whose storage bytes follow the pickle."""
+
+    key: str
+    offset: int
+    size: tuple
+    stride: tuple
+
+
+class _LegacyTorchUnpickler(_TorchUnpickler):
+    """The main pickle of a legacy (torch < 1.6) checkpoint: tensors as `_Pending` until the
+    storages, written after it, are read."""
+
+    GLOBALS = {
+        **_TorchUnpickler.GLOBALS,
+        ("torch._utils", "_rebuild_tensor_v2"): lambda storage, offset, size, stride, *_: _Pending(
+            storage, offset, tuple(size), tuple(stride)
+        ),
+    }
+
+    def __init__(self, file, path: Path):
+        pickle.Unpickler.__init__(self, file)
+        self.path = path
+        self.storages: dict[str, type] = {}  # key -> element type, read after the pickle
+
+    def persistent_load(self, pid):
+        if pid[0] != "storage":
+            raise pickle.UnpicklingError(f"{self.path}: holds a {pid[0]}, not only tensors")
+        _, storage_type, key, _location, _numel, view = pid
+        if view is not None:
+            raise pickle.UnpicklingError(f"{self.path}: storage views are not read; re-save it with torch >= 1.6")
+        self.storages[key] = _STORAGE_DTYPES[storage_type]
+        return key
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy serialization header
+
+
+def _read_legacy_torch_file(path: Path) -> dict:
+    """torch's legacy format: pickles of the magic number, protocol and system info, the object
+    (its storages by key), the storage keys, then each storage as an int64 count and its bytes."""
+    with open(path, "rb") as file:
+        try:
+            magic = pickle.Unpickler(file).load()
+        except Exception:
+            magic = None
+        if magic != LEGACY_MAGIC:
+            raise ValueError(f"{path}: neither a torch zip checkpoint nor a legacy torch file")
+        pickle.Unpickler(file).load(), pickle.Unpickler(file).load()  # protocol version, system info
+        unpickler = _LegacyTorchUnpickler(file, path)
+        result = unpickler.load()
+        arrays = {}
+        for key in pickle.Unpickler(file).load():
+            dtype = np.dtype(unpickler.storages[key])
+            (count,) = np.frombuffer(file.read(8), "<i8")
+            arrays[key] = np.frombuffer(file.read(int(count) * dtype.itemsize), dtype)
+
+    def rebuilt(value):
+        if isinstance(value, _Pending):
+            return _rebuild_tensor(arrays[value.key], value.offset, value.size, value.stride)
+        if isinstance(value, dict):
+            return type(value)((k, rebuilt(v)) for k, v in value.items())
+        return value
+
+    return rebuilt(result)
+
+
 def read_torch_file(path: Path) -> dict:
-    """A torch `.pth` (the zip format of `torch.save` since torch 1.6) as `{key: np.ndarray}`."""
+    """A torch `.pth` (the zip format of `torch.save` since torch 1.6, or the legacy one before)
+    as `{key: np.ndarray}`."""
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a torch zip checkpoint (legacy torch < 1.6 files are not read)")
+        return _read_legacy_torch_file(path)
     with zipfile.ZipFile(path) as archive:
         pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
         if not pickles:

@@ -3,7 +3,8 @@ names them.
 
 Architectures (`ARCHITECTURES`, smp's class names lower-cased): unet, unetplusplus, manet,
 linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer. Encoders
-(`ENCODERS`): resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, mit_b0..b5.
+(`ENCODERS`): resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, mit_b0..b5,
+efficientnet-b0..b7 and efficientnet-lite0.
 
 `weights` loads a full smp model's state dict of the same architecture; `encoder_weights` an
 encoder's (torchvision / smp-hub layout, the ImageNet classifier ignored), adapting the first
@@ -22,15 +23,21 @@ from jax import lax
 from jaxseg.models import weights as weight_files
 from jaxseg.models.decoders import deeplab, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet
 from jaxseg.models.decoders.heads import ClassificationHead, SegmentationModel
+from jaxseg.models.encoders.efficientnet import EFFICIENTNETS, EfficientNetEncoder
 from jaxseg.models.encoders.mix_transformer import MIT_ENCODERS, MixVisionTransformerEncoder
 from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
 
 ENCODERS = {
     **{name: ResNetEncoder for name in RESNETS},
     **{name: MixVisionTransformerEncoder for name in MIT_ENCODERS},
+    **{name: EfficientNetEncoder for name in EFFICIENTNETS},
 }
-FIRST_CONV = {ResNetEncoder: "conv1.weight", MixVisionTransformerEncoder: "patch_embed1.proj.weight"}
-CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",), MixVisionTransformerEncoder: ("head.",)}
+FIRST_CONV = {
+    ResNetEncoder: "conv1.weight",
+    MixVisionTransformerEncoder: "patch_embed1.proj.weight",
+    EfficientNetEncoder: "_conv_stem.weight",
+}
+CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",), MixVisionTransformerEncoder: ("head.",), EfficientNetEncoder: ("_fc.",)}
 
 
 def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: int = 32, **conv):

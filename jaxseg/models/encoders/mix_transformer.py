@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, conv2d
+from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path
 
 
 class Spec(NamedTuple):
@@ -69,17 +69,6 @@ def layer_norm(features: int, epsilon: float, *, dtype, rngs) -> nnx.LayerNorm:
 def linear(in_features: int, out_features: int, *, dtype, rngs) -> nnx.Linear:
     """torch's `nn.Linear` with SegFormer's init (every mit linear layer has a bias: `qkv_bias=True`)."""
     return nnx.Linear(in_features, out_features, kernel_init=LINEAR_INIT, dtype=dtype, rngs=rngs)
-
-
-def drop_path(x, rate: float, key):
-    """timm's `drop_path` (stochastic depth): each sample's `x` is zeroed with probability `rate`
-    and the kept ones scaled by `1 / (1 - rate)`; the identity without a key or at rate 0."""
-    if key is None or rate == 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    mask = mask.astype(x.dtype)
-    return x * mask / keep if keep > 0.0 else x * mask
 
 
 class OverlapPatchEmbed(nnx.Module):
@@ -228,7 +217,7 @@ class MixVisionTransformerEncoder(nnx.Module):
         stride-32 stages): every convolution of a dilated stage (patch embedding, reduction, depthwise)
         gets stride 1, dilation `stage stride / output_stride` and padding `dilation * (k // 2)`.
       drop_path_rate: stochastic depth, rising linearly over the blocks from 0 to this rate (default
-        the variant's, 0.1 in smp); applied only when called with `train=True` and a `key`.
+        the variant's, 0.1 in smp); training (`train=True`) then needs a `key`.
     """
 
     def __init__(
@@ -284,6 +273,8 @@ class MixVisionTransformerEncoder(nnx.Module):
     def __call__(self, x, *, train: bool = False, key=None) -> list:
         batch, height, width, _ = x.shape
         features = [x, jnp.zeros((batch, height // 2, width // 2, 0), x.dtype)]
+        blocks_used = [block for stage in range(self.depth - 1) for block in getattr(self, f"block{stage + 1}")]
+        check_drop_key(train, key, [block.drop_path for block in blocks_used], self.name)
         keys = None if key is None or not train else jax.random.split(key, len(PATCHES))
         for stage in range(self.depth - 1):  # depth 1 is the input and the placeholder only
             x = getattr(self, f"patch_embed{stage + 1}")(x)
