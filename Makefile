@@ -34,14 +34,17 @@ $(VENV)/.installed-conformance: $(VENV)/.installed-test
 train: $(VENV)/.installed
 	$(BIN)/python train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# The default suite on every core, a test file per worker (its module fixtures built once).
+PARALLEL ?= -n auto --dist loadfile
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 conformance: $(VENV)/.installed-conformance
-	$(BIN)/python -m pytest tests/conformance $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) tests/conformance $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-conformance
 	$(BIN)/python benchmarks/losses.py
