@@ -66,7 +66,7 @@ def conv2d(
     kernel_size: int,
     *,
     stride: int = 1,
-    padding: int | None = None,
+    padding: int | tuple[tuple[int, int], tuple[int, int]] | None = None,
     dilation: int = 1,
     groups: int = 1,
     bias: bool = True,
@@ -77,14 +77,15 @@ def conv2d(
 ) -> nnx.Conv:
     """`torch.nn.Conv2d(in, out, k, stride, padding, dilation, groups, bias)` as an `nnx.Conv`:
     symmetric explicit padding, `dilation * (k // 2)` unless given (XLA's "SAME" pads stride-2
-    convolutions asymmetrically, which would shift every feature of a torch checkpoint)."""
+    convolutions asymmetrically, which would shift every feature of a torch checkpoint);
+    `((top, bottom), (left, right))` pads as given (timm's static "same" for even kernels)."""
     pad = dilation * (kernel_size // 2) if padding is None else padding
     return nnx.Conv(
         in_channels,
         out_channels,
         (kernel_size, kernel_size),
         strides=stride,
-        padding=((pad, pad), (pad, pad)),
+        padding=((pad, pad), (pad, pad)) if isinstance(pad, int) else pad,
         kernel_dilation=dilation,
         feature_group_count=groups,
         use_bias=bias,
@@ -93,6 +94,12 @@ def conv2d(
         conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
+
+
+def layer_norm(features: int, epsilon: float, *, dtype=None, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """`torch.nn.LayerNorm(features, eps)` over the channels of `[..., C]` (torch's two-pass
+    variance; channels-last, also timm's and smp's `LayerNorm2d`)."""
+    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def batch_norm(features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.BatchNorm:

@@ -4,11 +4,11 @@ names them.
 Architectures (`ARCHITECTURES`, smp's class names lower-cased): unet, unetplusplus, manet,
 linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer. Encoders
 (`ENCODERS`): resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, mit_b0..b5,
-efficientnet-b0..b7 and efficientnet-lite0.
+efficientnet-b0..b7, efficientnet-lite0 and tu-convnext_tiny/small/base.
 
 `weights` loads a full smp model's state dict of the same architecture; `encoder_weights` an
-encoder's (torchvision / smp-hub layout, the ImageNet classifier ignored), adapting the first
-convolution to `in_channels` as smp does.
+encoder's (torchvision / smp-hub / timm layout, the ImageNet classifier ignored), adapting the
+first convolution to `in_channels` as smp does.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from jax import lax
 from jaxseg.models import weights as weight_files
 from jaxseg.models.decoders import deeplab, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet
 from jaxseg.models.decoders.heads import ClassificationHead, SegmentationModel
+from jaxseg.models.encoders import convnext
+from jaxseg.models.encoders.convnext import CONVNEXTS, ConvNeXtEncoder
 from jaxseg.models.encoders.efficientnet import EFFICIENTNETS, EfficientNetEncoder
 from jaxseg.models.encoders.mix_transformer import MIT_ENCODERS, MixVisionTransformerEncoder
 from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
@@ -31,11 +33,13 @@ ENCODERS = {
     **{name: ResNetEncoder for name in RESNETS},
     **{name: MixVisionTransformerEncoder for name in MIT_ENCODERS},
     **{name: EfficientNetEncoder for name in EFFICIENTNETS},
+    **{name: ConvNeXtEncoder for name in CONVNEXTS},
 }
 FIRST_CONV = {
     ResNetEncoder: "conv1.weight",
     MixVisionTransformerEncoder: "patch_embed1.proj.weight",
     EfficientNetEncoder: "_conv_stem.weight",
+    ConvNeXtEncoder: "model.stem_0.weight",
 }
 CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",), MixVisionTransformerEncoder: ("head.",), EfficientNetEncoder: ("_fc.",)}
 
@@ -160,31 +164,44 @@ def build_model(
     return SegmentationModel(encoder_module, decoder, head, aux, divisible_by=divisible_by)
 
 
-def encoder_state(encoder: str, state: dict, in_channels: int) -> tuple[dict, tuple]:
-    """(state dict, ignored key prefixes) of pretrained weights for the encoder named `encoder`:
-    its first convolution adapted to `in_channels`, its ImageNet classifier to be ignored."""
+def encoder_state(encoder: str, state: dict, in_channels: int, depth: int = 5) -> tuple[dict, tuple]:
+    """(state dict, ignored key prefixes) of pretrained weights for the encoder named `encoder`
+    at `depth`: its first convolution adapted to `in_channels`, its ImageNet classifier (and for
+    timm's encoders, the stages the depth does not build) to be ignored."""
     family = ENCODERS[encoder]
+    if family is ConvNeXtEncoder:
+        state, ignore = convnext.timm_to_smp(state, depth)
+    else:
+        ignore = CLASSIFIER_KEYS[family]
     first = FIRST_CONV[family]
     if first not in state:
         raise ValueError(f"encoder weights have no {first!r}; are they for a {family.__name__}?")
-    return dict(state, **{first: weight_files.adapt_first_conv(state[first], in_channels)}), CLASSIFIER_KEYS[family]
+    return dict(state, **{first: weight_files.adapt_first_conv(state[first], in_channels)}), ignore
 
 
 def load_encoder_weights(encoder, state: dict, in_channels: int) -> None:
     """An encoder's pretrained state dict into the encoder module, in place."""
-    state, ignore = encoder_state(encoder.name, state, in_channels)
+    state, ignore = encoder_state(encoder.name, state, in_channels, encoder.depth)
     weight_files.load_state_dict(encoder, state, ignore=ignore)
 
 
 def pretrained_state(
-    params, model_state, *, encoder: str, in_channels: int, weights=None, encoder_weights=None, members: bool = False
+    params,
+    model_state,
+    *,
+    encoder: str,
+    in_channels: int,
+    depth: int = 5,
+    weights=None,
+    encoder_weights=None,
+    members: bool = False,
 ):
     """The train state's `(params, model_state)` (`nnx.State`s of arrays, possibly sharded) with
-    `encoder_weights` written into the encoder and then `weights` into the whole model, as
-    `create` loads them (`members`: states stacked over ablation members)."""
+    `encoder_weights` written into the encoder (of `depth`) and then `weights` into the whole
+    model, as `create` loads them (`members`: states stacked over ablation members)."""
     trees = [params, model_state]
     if encoder_weights is not None:
-        state, ignore = encoder_state(encoder, weight_files.resolve(encoder_weights), in_channels)
+        state, ignore = encoder_state(encoder, weight_files.resolve(encoder_weights), in_channels, depth)
         trees = weight_files.load_into_trees(
             trees, state, under=("encoder",), ignore=ignore, target=f"encoder {encoder}", members=members
         )

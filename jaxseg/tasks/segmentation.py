@@ -155,7 +155,13 @@ def pretrained(config, params, model_state, *, members: bool = False):
     from jaxseg.models import zoo
 
     return zoo.pretrained_state(
-        params, model_state, encoder=model.encoder, in_channels=in_channels(config.data), members=members, **chosen
+        params,
+        model_state,
+        encoder=model.encoder,
+        in_channels=in_channels(config.data),
+        depth=model.get("encoder_depth", 5),
+        members=members,
+        **chosen,
     )
 
 

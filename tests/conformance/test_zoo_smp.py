@@ -40,9 +40,13 @@ SMP_CLASSES = {
 
 
 def randomize(torch, model):
-    """Random BatchNorm statistics and affine parameters, so evaluation mode tests them."""
+    """Random BatchNorm statistics and affine parameters, so evaluation mode tests them, and
+    random layer scales (timm's ConvNeXt initialises them to 1e-6: its blocks would be untested)."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".gamma"):
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))

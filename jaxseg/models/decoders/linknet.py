@@ -44,7 +44,7 @@ class DecoderBlock(nnx.Module):
 
     def __call__(self, x, skip=None, *, train: bool):
         x = self.block(x, train=train)
-        return x if skip is None else x + skip
+        return x if skip is None or skip.shape[-1] == 0 else x + skip
 
 
 class LinknetDecoder(nnx.Module):
@@ -61,6 +61,11 @@ class LinknetDecoder(nnx.Module):
         **conv,
     ):
         channels = [*list(encoder_channels[1:])[::-1], prefinal_channels]
+        for i in range(1, len(channels) - 1):
+            # An encoder starting at stride 4 has a 0-channel stride-2 placeholder: as smp, the
+            # stream keeps its width there and that block adds no skip.
+            if channels[i] == 0:
+                channels[i] = channels[i - 1]
         self.blocks = nnx.List(
             [DecoderBlock(channels[i], channels[i + 1], use_norm=use_norm, **conv) for i in range(n_blocks)]
         )

@@ -11,15 +11,15 @@ from flax import nnx
 
 from jaxseg.models.decoders.heads import KAIMING_FAN_IN, Parts, SegmentationHead
 from jaxseg.models.interpolation import adaptive_avg_pool, interpolate
-from jaxseg.models.layers import ConvNormReLU, use_batchnorm
+from jaxseg.models.layers import ConvNormReLU, layer_norm, use_batchnorm
 
 PYRAMID_SIZES = (1, 2, 3, 6)
 
 
 def layer_norm_2d(channels: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """smp's `LayerNorm2d(channels, eps=1e-6)`: torch's LayerNorm over the channels of each pixel,
-    which channels-last is a plain LayerNorm (two-pass variance, as torch)."""
-    return nnx.LayerNorm(channels, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
+    which channels-last is a plain LayerNorm."""
+    return layer_norm(channels, 1e-6, dtype=dtype, rngs=rngs)
 
 
 class PSPModule(nnx.Module):

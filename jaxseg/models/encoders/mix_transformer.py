@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path
+from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path, layer_norm
 
 
 class Spec(NamedTuple):
@@ -59,11 +59,6 @@ LINEAR_INIT = nnx.initializers.normal(0.02)  # timm's trunc_normal_(std=0.02): c
 def conv_init(kernel_size: int, out_channels: int, groups: int = 1):
     """SegFormer's conv init: normal with std `sqrt(2 / fan_out)`, fan_out = k * k * out / groups."""
     return nnx.initializers.normal(math.sqrt(2.0 / (kernel_size * kernel_size * out_channels // groups)))
-
-
-def layer_norm(features: int, epsilon: float, *, dtype, rngs) -> nnx.LayerNorm:
-    """torch's `nn.LayerNorm(features, eps)` over the channels (the two-pass variance torch computes)."""
-    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def linear(in_features: int, out_features: int, *, dtype, rngs) -> nnx.Linear:
