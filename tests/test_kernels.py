@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxseg import kernels
-from jaxseg.kernels import onednn
+from jaxseg.kernels import depthwise, onednn
 from jaxseg.models.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,10 @@ def uses_ffi(fn, *args) -> bool:
 @pytest.fixture
 def fresh_choice():
     kernels.resolve.cache_clear()
+    kernels.convolution.cache_clear()
     yield
     kernels.resolve.cache_clear()
+    kernels.convolution.cache_clear()
 
 
 def test_xla_is_lax_and_unknown_names_are_an_error(fresh_choice):
@@ -54,16 +56,22 @@ def test_xla_is_lax_and_unknown_names_are_an_error(fresh_choice):
 def test_without_onednn_auto_falls_back_and_onednn_is_an_error(fresh_choice, monkeypatch, caplog):
     monkeypatch.setattr(onednn, "unavailable_reason", lambda: "no oneDNN here")
     with caplog.at_level("WARNING", logger="jaxseg"):
-        assert kernels.convolution("auto") is jax.lax.conv_general_dilated
+        assert kernels.resolve("auto") == "xla"
     assert "XLA's convolutions (no oneDNN here)" in caplog.text
+    dense = kernels.convolution("auto")  # XLA's, with the CPU's depthwise route around it
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
+    assert "ffi" not in str(jax.make_jaxpr(lambda x, k: dense(x, k, (1, 1), "SAME", dimension_numbers=NHWC))(x, k))
     with pytest.raises(RuntimeError, match="config.kernels='onednn' cannot run here: no oneDNN here"):
         kernels.convolution("onednn")
 
 
 @needs_onednn
 def test_auto_takes_onednn_where_it_runs(fresh_choice):
-    assert kernels.convolution("auto") is onednn.conv_general_dilated
-    assert kernels.convolution("onednn") is onednn.conv_general_dilated
+    assert kernels.resolve("auto") == kernels.resolve("onednn") == "onednn"
+    x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
+    for name in ("auto", "onednn"):
+        convolve = kernels.convolution(name)
+        assert uses_ffi(lambda x, k, c=convolve: c(x, k, (1, 1), "SAME", dimension_numbers=NHWC), x, k)
 
 
 @needs_onednn
@@ -116,6 +124,8 @@ def test_conv_general_dilated_covers_float32_stride_one_same_convolutions():
     assert not uses_ffi(route, x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))  # float32 only
     assert not uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
     assert not uses_ffi(lambda x, k: route(x, k, padding="VALID"), x, k)
+    assert uses_ffi(lambda x, k: route(x, k, padding=((1, 1), (1, 1))), x, k)  # "SAME" spelled out
+    assert not uses_ffi(lambda x, k: route(x, k, padding=((0, 2), (1, 1))), x, k)
     for strides, padding in [((2, 2), "SAME"), ((1, 1), "VALID")]:  # what XLA keeps, it computes as lax does
         np.testing.assert_array_equal(
             route(x, k, strides, padding), jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
@@ -226,3 +236,57 @@ def test_multi_device_programs_keep_xla_convolutions():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.split() == ["2", "xla", "True"]
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding, dilation, multiplier",
+    [
+        ((2, 9, 11, 6), 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+        ((2, 9, 11, 6), 3, (2, 2), ((1, 1), (1, 1)), (1, 1), 1),  # strided, odd sizes
+        ((2, 16, 16, 4), 3, (1, 1), ((6, 6), (6, 6)), (6, 6), 1),  # DeepLab's dilated ASPP
+        ((1, 12, 10, 5), 7, (1, 1), "SAME", (1, 1), 2),  # ConvNeXt's 7x7; a channel multiplier
+        ((1, 13, 12, 3), 5, (2, 1), "VALID", (1, 2), 1),
+    ],
+)
+def test_depthwise_shifts_equal_xlas_grouped_convolution(shape, kernel, strides, padding, dilation, multiplier):
+    x = jax.random.normal(jax.random.key(0), shape)
+    k = jax.random.normal(jax.random.key(1), (kernel, kernel, 1, shape[-1] * multiplier))
+
+    def conv(convolve):
+        return lambda x, k: convolve(
+            x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC, feature_group_count=shape[-1]
+        )
+
+    routed = conv(depthwise.routed(jax.lax.conv_general_dilated))
+    reference = conv(jax.lax.conv_general_dilated)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(routed)(x, k))
+    np.testing.assert_allclose(routed(x, k), reference(x, k), rtol=1e-5, atol=1e-5)
+    loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+    for ours, theirs in zip(jax.grad(loss(routed), (0, 1))(x, k), jax.grad(loss(reference), (0, 1))(x, k)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(jnp.abs(theirs).max()))
+    half = routed(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(half.astype(jnp.float32), reference(x, k), rtol=0.05, atol=0.1)
+
+
+def test_depthwise_route_leaves_other_convolutions_to_the_wrapped_function():
+    calls = []
+
+    def spy(*args, **options):
+        calls.append(options.get("feature_group_count", args[7] if len(args) > 7 else 1))
+        return jax.lax.conv_general_dilated(*args, **options)
+
+    routed = depthwise.routed(spy)
+    x = jnp.ones((1, 8, 8, 4))
+    routed(x, jnp.ones((3, 3, 4, 4)), (1, 1), "SAME", dimension_numbers=NHWC)  # dense
+    routed(x, jnp.ones((3, 3, 2, 4)), (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=2)  # grouped
+    routed(x, jnp.ones((3, 3, 1, 4)), (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4)  # depthwise
+    assert calls == [1, 2]
+
+
+def test_cpu_routes_compute_depthwise_layers_as_shifts_and_xla_keeps_its_own(fresh_choice):
+    layer = nnx.Conv(4, 4, (3, 3), feature_group_count=4, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 8, 8, 4))
+    for name, shifted in (("xla", False), ("auto", True)):
+        layer.conv_general_dilated = kernels.convolution(name)
+        assert ("conv_general_dilated" not in str(jax.make_jaxpr(lambda x: layer(x))(x))) == shifted

@@ -10,6 +10,10 @@ the function a program's models are built with, from `config.kernels`:
   cannot run: not the CPU backend, more than one device, or oneDNN missing;
 - "auto": "onednn" where it can run, else "xla" with one log line saying why.
 
+On the CPU backend, "onednn" and "auto" also compute depthwise convolutions (every channel its
+own group) as shifted multiply-adds (`jaxseg.kernels.depthwise`): XLA's CPU grouped convolution
+is about 100x slower there, forward and backward. Other backends keep their own.
+
 The choice is made when the program is built (from the config, never from the environment at
 trace time) and changes speed, not the function computed (oneDNN sums in another order: results
 agree to float32 rounding). Figures: docs/performance.md.
@@ -58,10 +62,16 @@ def resolve(name: str) -> str:
     return "xla"
 
 
+@functools.cache  # one function per choice: models built with it share their graph definition
 def convolution(name: str = "xla") -> Callable:
     """The `conv_general_dilated` for the models of a program with `config.kernels = name`."""
+    convolve = lax.conv_general_dilated
     if resolve(name) == "onednn":
         from jaxseg.kernels import onednn
 
-        return onednn.conv_general_dilated
-    return lax.conv_general_dilated
+        convolve = onednn.conv_general_dilated
+    if name != "xla" and jax.default_backend() == "cpu":
+        from jaxseg.kernels import depthwise
+
+        convolve = depthwise.routed(convolve)
+    return convolve

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import jaxlib
 from jax import lax
 
-NHWC = ("NHWC", "HWIO", "NHWC")
+from jaxseg.kernels.depthwise import is_nhwc
+
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 HANDLERS = {
     "forward": "JaxsegOneDnnConvForward",
@@ -187,10 +188,12 @@ def _conv2d_bwd(residuals, dy):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _is_nhwc(dimension_numbers) -> bool:
-    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-    return dimension_numbers is not None and tuple(dimension_numbers) == NHWC
+def _is_same(padding, rhs, spatial) -> bool:
+    """ "SAME", or explicit pads equal to it (the torch-layout models pad explicitly)."""
+    if isinstance(padding, str):
+        return padding == "SAME"
+    same = lax.padtype_to_pads(spatial, rhs.shape[:2], (1, 1), "SAME")
+    return [tuple(p) for p in padding] == [tuple(p) for p in same]
 
 
 def _ones(values) -> bool:
@@ -212,13 +215,15 @@ def conv_general_dilated(
     **options,
 ):
     """`lax.conv_general_dilated` (the `conv_general_dilated` of `nnx.Conv`) with what `conv2d`
-    covers sent to oneDNN: float32 stride-1 "SAME" ungrouped NHWC 2-D convolutions of a
+    covers sent to oneDNN: float32 stride-1 "SAME" (or padded explicitly as "SAME") ungrouped NHWC
+    2-D convolutions of a
     non-empty batch. Every other convolution (strided, VALID, bfloat16, grouped, with an output
     sharding) is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
     covered = (
-        padding == "SAME"
-        and lhs.ndim == 4
-        and _is_nhwc(dimension_numbers)
+        lhs.ndim == 4
+        and rhs.ndim == 4
+        and is_nhwc(dimension_numbers)
+        and _is_same(padding, rhs, lhs.shape[1:3])
         and _ones(window_strides)
         and _ones(lhs_dilation)
         and _ones(rhs_dilation)
