@@ -141,6 +141,19 @@ def check_drop_key(train: bool, key, rates, encoder: str) -> None:
         )
 
 
+def check_encoder(
+    family: str, name: str, known, depth: int, output_stride: int, *, smp_class: str, min_depth: int = 1
+) -> None:
+    """smp's refusals of an encoder's name, `depth` (its words name the encoder class; smp's
+    EfficientNet refuses depth 1 with the same message) and `output_stride`."""
+    if name not in known:
+        raise ValueError(f"unknown {family} encoder {name!r}; choose from {tuple(known)}")
+    if not min_depth <= depth <= 5:
+        raise ValueError(f"{smp_class} depth should be in range [1, 5], got {depth}")
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
+
+
 SMP_NORMS = ("inplace", "batchnorm", "identity", "layernorm", "instancenorm")
 
 

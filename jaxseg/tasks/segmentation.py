@@ -107,6 +107,7 @@ def in_channels(data) -> int:
 
 
 PRETRAINED_KEYS = ("weights", "encoder_weights")
+AUX_WEIGHT = 0.4  # config.loss.aux_weight when a config has none: mmseg's auxiliary-head weight
 
 
 def model_factory(config, num_classes: int | None = None):
@@ -130,20 +131,49 @@ def zoo_model_factory(config, num_classes: int):
     }
     if "name" in options:
         raise ValueError("config.model has both `name` (jaxseg's models) and `arch` (smp's); keep one")
-    if options.get("aux_params"):
-        raise ValueError("config.model.aux_params: the trainer's losses take the segmentation logits only")
-    options.pop("aux_params", None)
+    aux_params = aux_head_params(options.pop("aux_params", None), num_classes)
     return functools.partial(
         zoo.build_model,
         options.pop("arch").lower(),
         encoder=options.pop("encoder"),
         num_classes=num_classes,
         in_channels=in_channels(config.data),
-        aux_params=None,
+        aux_params=aux_params,
         dtype=jnp.dtype(options.pop("dtype", "float32")),
         conv_general_dilated=kernels.convolution(config.get("kernels", "xla")),
         **options,
     )
+
+
+def aux_head_params(aux_params, num_classes: int) -> dict | None:
+    """`config.model.aux_params` for smp's auxiliary classification head, which the trainer
+    trains to predict which classes are present in each image: its `classes` must be
+    `num_classes` (the default here; smp's is 1)."""
+    if not aux_params:
+        return None
+    aux_params = dict(aux_params)
+    classes = aux_params.setdefault("classes", num_classes)
+    if classes != num_classes:
+        raise ValueError(
+            f"config.model.aux_params.classes={classes}: the auxiliary head predicts which of the "
+            f"{num_classes} classes each image shows; set it to config.num_classes or leave it out"
+        )
+    return aux_params
+
+
+def class_presence(labels, num_classes: int, *, ignore_index: int, mask=None):
+    """float32 `[B, num_classes]`: 1 where the class labels a pixel of the image that is neither
+    ignored nor masked out (the auxiliary head's multi-label targets)."""
+    counted = labels != ignore_index
+    if mask is not None:
+        counted = counted & (mask > 0)
+    hits = (labels[..., None] == jnp.arange(num_classes)) & counted[..., None]
+    return jnp.any(hits.reshape(labels.shape[0], -1, num_classes), axis=1).astype(jnp.float32)
+
+
+def segmentation_logits(outputs):
+    """The logits of a model's outputs (`(logits, aux labels)` with an auxiliary head)."""
+    return outputs[0] if isinstance(outputs, tuple) else outputs
 
 
 def pretrained(config, params, model_state, *, members: bool = False):
@@ -193,7 +223,10 @@ def loss_hyperparameters(config, class_weights=None) -> dict:
         per_image=loss.per_image,
         gradient_operator=loss.gradient_operator,
     )
-    return {"loss": segmentation, "l1": jnp.float32(config.optim.l1)}
+    hp = {"loss": segmentation, "l1": jnp.float32(config.optim.l1)}
+    if config.model.get("aux_params"):
+        hp["aux_weight"] = jnp.float32(loss.get("aux_weight", AUX_WEIGHT))
+    return hp
 
 
 def hyperparameters(config, data: Data | None = None) -> dict:
@@ -278,25 +311,40 @@ class Task(base.Task):
         return batch_size
 
     def apply(self, model: nnx.Module, batch, *, train: bool, key=None):
-        """Logits `[B, H, W, C]` for the batch's uint8 images."""
+        """Logits `[B, H, W, C]` for the batch's uint8 images (and the auxiliary head's
+        `[B, C]` class logits with `config.model.aux_params`)."""
         return model(normalize(batch["image"], self.mean, self.std), train=train, key=key)
 
-    def loss(self, logits, batch, hp, *, mask=None):
-        """(total, terms) of the composed segmentation loss with options from `hp["loss"]`."""
-        return hp["loss"](logits, batch["label"], mask=mask, distance_maps=batch.get("distance"))
+    def loss(self, outputs, batch, hp, *, mask=None):
+        """(total, terms) of the composed segmentation loss with options from `hp["loss"]`;
+        with an auxiliary head, plus `hp["aux_weight"]` times its binary cross-entropy against
+        the classes each image shows (term "aux")."""
+        total, terms = hp["loss"](
+            segmentation_logits(outputs), batch["label"], mask=mask, distance_maps=batch.get("distance")
+        )
+        if not isinstance(outputs, tuple):
+            return total, terms
+        aux_logits = outputs[1]
+        targets = class_presence(batch["label"], self.num_classes, ignore_index=self.ignore_index, mask=mask)
+        aux_mask = None  # evaluation's padding images count for nothing
+        if mask is not None:
+            valid = jnp.max(mask.reshape(mask.shape[0], -1).astype(jnp.float32), axis=1)
+            aux_mask = jnp.broadcast_to(valid[:, None], aux_logits.shape)
+        aux = losses.binary_cross_entropy(aux_logits, targets, mask=aux_mask)
+        return total + hp["aux_weight"] * aux, dict(terms, aux=aux)
 
-    def metrics(self, logits, batch, *, mask=None):
+    def metrics(self, outputs, batch, *, mask=None):
         """Per-batch statistics: the confusion matrix of the argmax predictions."""
-        predictions = jnp.argmax(logits, axis=-1)
+        predictions = jnp.argmax(segmentation_logits(outputs), axis=-1)
         return {
             "confusion": confusion_matrix(
                 predictions, batch["label"], self.num_classes, ignore_index=self.ignore_index, mask=mask
             )
         }
 
-    def predict(self, logits):
+    def predict(self, outputs):
         """Class ids `[B, H, W]`."""
-        return jnp.argmax(logits, axis=-1)
+        return jnp.argmax(segmentation_logits(outputs), axis=-1)
 
     def check_batch(self, batch, step) -> None:
         """`checkify` checks of the batch inside the compiled step (`config.train.checkify`)."""

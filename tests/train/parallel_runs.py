@@ -1,6 +1,7 @@
 """Training runs for the device-mesh and multi-process tests, run in subprocesses.
 
     python -m tests.train.parallel_runs meshes WORKDIR        # in a process with 8 CPU devices
+    python -m tests.train.parallel_runs zoo_meshes WORKDIR    # smp's Unet on ResNet-18, the same way
     python -m tests.train.parallel_runs process WORKDIR STOP  # each of several processes
     python -m tests.train.parallel_runs single WORKDIR        # the same run in one process
     python -m tests.train.parallel_runs members WORKDIR       # an ablation, member axis sharded or not
@@ -8,7 +9,8 @@
     python -m tests.train.parallel_runs detection_single WORKDIR
 
 `meshes` trains the same config on meshes of 1 and 8 devices (and 8 with FSDP-style state
-sharding) in `WORKDIR/{single,data8,fsdp8}`. `process` trains in `WORKDIR/run` as one of the
+sharding) in `WORKDIR/{single,data8,fsdp8}`; `zoo_meshes` trains smp's Unet on a ResNet-18
+(`jaxseg.models.create`'s model) on 1 and 8 devices in `WORKDIR/{single,data8}`. `process` trains in `WORKDIR/run` as one of the
 processes named by JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, stopping
 after step STOP (0: the end), then restores the latest checkpoint on this process and writes
 its parameters and the final metrics to `WORKDIR/process_{i}.npz` / `.json`.
@@ -42,6 +44,25 @@ MEMBER_VARIANTS = {
     "dice-fast": {"loss": {"weights": {"dice": 1.0}}, "optim": {"learning_rate": 8e-3}},
     "focal": {"loss": {"weights": {"focal": 1.0}}},
 }
+
+
+ZOO_MESHES = {name: MESHES[name] for name in ("single", "data8")}
+
+
+def zoo_config_for(mesh_shape=(-1,)):
+    config = config_for(mesh_shape)
+    config.model = dict(
+        arch="unet", encoder="resnet18", decoder_channels=(32, 16, 8, 8, 4), encoder_weights="", weights=""
+    )
+    return config
+
+
+def zoo_meshes(workdir: Path) -> None:
+    from jaxseg.train.loop import train_and_evaluate
+
+    for name, (shape, _) in ZOO_MESHES.items():
+        metrics = train_and_evaluate(zoo_config_for(shape), workdir / name)
+        (workdir / f"{name}.json").write_text(json.dumps(metrics))
 
 
 def members(workdir: Path) -> None:
@@ -125,6 +146,8 @@ if __name__ == "__main__":
         detection(workdir)
     elif command == "meshes":
         meshes(workdir)
+    elif command == "zoo_meshes":
+        zoo_meshes(workdir)
     elif command == "members":
         members(workdir)
     elif command == "single":

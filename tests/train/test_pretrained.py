@@ -18,7 +18,8 @@ from flax import nnx
 from jaxseg import tasks
 from jaxseg.models import convert, weights
 from jaxseg.models.encoders.resnet import ResNetEncoder
-from jaxseg.tasks.segmentation import normalize
+from jaxseg.tasks import segmentation
+from jaxseg.tasks.segmentation import class_presence, normalize
 from jaxseg.train.inference import logits_fn, restore
 from jaxseg.train.loop import train_and_evaluate
 from jaxseg.train.optim import make_optimizer
@@ -146,3 +147,41 @@ def test_the_resnet34_unet_config_builds_smps_model():
     count = sum(np.prod(p.shape) for p in jax.tree.leaves(params))
     assert config.num_classes == 5
     assert count == 24_436_949  # sum(p.numel() for p in smp.Unet("resnet34", classes=5).parameters())
+
+
+def test_class_presence_counts_only_labelled_unmasked_pixels():
+
+    labels = jnp.array([[[0, 2], [255, 2]], [[1, 1], [3, 0]]])
+    mask = jnp.array([[[1, 1], [1, 1]], [[1, 1], [0, 0]]])
+    np.testing.assert_array_equal(class_presence(labels, 4, ignore_index=255), [[1, 0, 1, 0], [1, 1, 0, 1]])
+    np.testing.assert_array_equal(class_presence(labels, 4, ignore_index=255, mask=mask), [[1, 0, 1, 0], [0, 1, 0, 0]])
+
+
+def test_the_auxiliary_head_trains_on_the_classes_each_image_shows(compilation_cache, tmp_path):
+    """smp's `aux_params` in the trainer: the head's binary cross-entropy against class presence
+    is the `loss_aux` term, weighted by `config.loss.aux_weight` into the loss, and the head learns."""
+    config = tiny_config(compilation_cache)
+    config.model = dict(
+        arch="unet", encoder="resnet18", encoder_depth=2, decoder_channels=(8, 8), aux_params=dict(dropout=0.2)
+    )
+    config.loss.aux_weight = 0.5
+    config.train.update(steps=4, eval_every=4, checkpoint_every=4, log_every=1)
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row["split"] == "train"]
+    assert all(np.isfinite(row["loss_aux"]) and row["loss_aux"] > 0 for row in train)
+    for row in train:  # loss = CE + Dice + 0.5 * aux
+        np.testing.assert_allclose(row["loss"], row["loss_ce"] + row["loss_dice"] + 0.5 * row["loss_aux"], rtol=1e-5)
+    assert np.isfinite(metrics["loss_aux"]) and "miou" in metrics
+    head = flat(saved_state(tmp_path / "run", 4)["params"])
+    fc = [key for key in head if "classification_head" in key and "kernel" in key]
+    assert fc and head[fc[0]].shape[-1] == config.num_classes
+
+
+def test_auxiliary_classes_other_than_the_tasks_are_a_config_error():
+    config = tiny_config()
+    config.model = dict(
+        arch="unet", encoder="resnet18", encoder_depth=2, decoder_channels=(8, 8), aux_params=dict(classes=1)
+    )
+    with pytest.raises(ValueError, match="config.model.aux_params.classes=1"):
+        segmentation.model_factory(config)

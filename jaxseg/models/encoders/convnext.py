@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
 
 
 class Spec(NamedTuple):
@@ -218,12 +218,7 @@ class ConvNeXtEncoder(nnx.Module):
         conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
-        if name not in CONVNEXTS:
-            raise ValueError(f"unknown ConvNeXt encoder {name!r}; choose from {tuple(CONVNEXTS)}")
-        if not 1 <= depth <= 5:
-            raise ValueError(f"TimmUniversalEncoder depth should be in range [1, 5], got {depth}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"ConvNeXt output stride should be 8, 16 or 32, got {output_stride}")
+        check_encoder("ConvNeXt", name, CONVNEXTS, depth, output_stride, smp_class="TimmUniversalEncoder")
         spec = CONVNEXTS[name]
         self.name, self.depth = name, depth
         self.output_stride = min(output_stride, 2**depth)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, call, check_drop_key, drop_path
+from jaxseg.models.layers import ConvFunction, call, check_drop_key, check_encoder, drop_path
 
 
 class Spec(NamedTuple):
@@ -233,12 +233,9 @@ class EfficientNetEncoder(nnx.Module):
         conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
-        if name not in EFFICIENTNETS:
-            raise ValueError(f"unknown EfficientNet encoder {name!r}; choose from {tuple(EFFICIENTNETS)}")
-        if not 2 <= depth <= 5:
-            raise ValueError(f"EfficientNetEncoder depth should be in range [1, 5], got {depth}")  # smp's words
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
+        check_encoder(
+            "EfficientNet", name, EFFICIENTNETS, depth, output_stride, smp_class="EfficientNetEncoder", min_depth=2
+        )
         spec = EFFICIENTNETS[name]
         self.name, self.depth, self.out_indexes, self.lite = name, depth, spec.out_indexes, spec.lite
         self.output_stride = min(output_stride, 2**depth)

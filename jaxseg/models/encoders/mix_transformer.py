@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
 
 
 class Spec(NamedTuple):
@@ -227,12 +227,9 @@ class MixVisionTransformerEncoder(nnx.Module):
         conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
-        if name not in MIT_ENCODERS:
-            raise ValueError(f"unknown Mix Transformer encoder {name!r}; choose from {tuple(MIT_ENCODERS)}")
-        if not 1 <= depth <= 5:
-            raise ValueError(f"MixVisionTransformerEncoder depth should be in range [1, 5], got {depth}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
+        check_encoder(
+            "Mix Transformer", name, MIT_ENCODERS, depth, output_stride, smp_class="MixVisionTransformerEncoder"
+        )
         spec = MIT_ENCODERS[name]
         self.name, self.depth = name, depth
         self.output_stride = min(output_stride, 2**depth)

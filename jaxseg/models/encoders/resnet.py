@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, Sequential, batch_norm, call, conv2d
+from jaxseg.models.layers import ConvFunction, Sequential, batch_norm, call, check_encoder, conv2d
 
 
 class Spec(NamedTuple):
@@ -99,12 +99,7 @@ class ResNetEncoder(nnx.Module):
         conv_general_dilated: ConvFunction = lax.conv_general_dilated,
         rngs: nnx.Rngs,
     ):
-        if name not in RESNETS:
-            raise ValueError(f"unknown ResNet encoder {name!r}; choose from {tuple(RESNETS)}")
-        if not 1 <= depth <= 5:
-            raise ValueError(f"ResNetEncoder depth should be in range [1, 5], got {depth}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"Output stride should be 16 or 8, got {output_stride}.")
+        check_encoder("ResNet", name, RESNETS, depth, output_stride, smp_class="ResNetEncoder")
         spec = RESNETS[name]
         self.name = name
         expansion = 4 if spec.bottleneck else 1
