@@ -39,17 +39,24 @@ from jaxseg import kernels  # noqa: E402
 
 def jax_step(args, images, labels):
     from configs import seg_shapes_unet
+
+    config = seg_shapes_unet.get_config()
+    config.model.update(depth=args.depth, base_width=args.base_width)
+    return jax_runner(config, args.kernels, args.classes, images, labels)
+
+
+def jax_runner(config, kernel_route, classes, images, labels):
+    """(run, first step seconds): `run()` times one jitted train step (donated state) of
+    `config`'s model with cross-entropy and Adam on the fixed batch."""
     from jaxseg.tasks import segmentation
     from jaxseg.train.optim import make_optimizer
     from jaxseg.train.state import init_state, model_graphdef
     from jaxseg.train.step import train_step
 
-    config = seg_shapes_unet.get_config()
-    config.model.update(depth=args.depth, base_width=args.base_width)
-    config.kernels = args.kernels
+    config.kernels = kernel_route
     config.loss.weights = dict(ce=1.0)
     config.optim.update(name="adam", schedule="constant", learning_rate=1e-3, clip_norm=0.0, weight_decay=0.0)
-    make_model = segmentation.model_factory(config, args.classes)
+    make_model = segmentation.model_factory(config, classes)
     graphdef = model_graphdef(make_model)
     tx = make_optimizer(config.optim, 1000)
     state = init_state(make_model, tx, 0)
@@ -76,9 +83,22 @@ def torch_steps(args, images, labels):
         import torch
     except ImportError:
         return {}
-    from torch import nn
-
     from tests.conformance.torch_models import torch_unet  # the network the conformance test checks
+
+    return torch_runners(
+        lambda: torch_unet(torch, args.depth, args.base_width, args.classes, 3), images, labels, compile=args.compile
+    )
+
+
+def torch_runners(make_model, images, labels, *, compile: bool, autocast_dtype=None):
+    """{name: (run, first step seconds)}: `run()` times one PyTorch train step (cross-entropy,
+    Adam) of `make_model()` on the fixed batch: eager (NCHW), eager channels_last and, with
+    `compile`, torch.compile; on CUDA when JAX runs on a GPU; under autocast to `autocast_dtype`
+    (e.g. torch.bfloat16) when given."""
+    import contextlib
+
+    import torch
+    from torch import nn
 
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
@@ -86,12 +106,12 @@ def torch_steps(args, images, labels):
     x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))).float().to(device) / 255.0
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     variants = {"torch eager": (False, False), "torch eager channels_last": (True, False)}
-    if args.compile:
+    if compile:
         variants["torch.compile"] = (True, True)
     result = {}
     for name, (channels_last, compiled) in variants.items():
         torch.manual_seed(0)
-        model = torch_unet(torch, args.depth, args.base_width, args.classes, 3).to(device)
+        model = make_model().to(device).train()
         inputs = x
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -100,7 +120,8 @@ def torch_steps(args, images, labels):
 
         def train(model=model, optimizer=optimizer, inputs=inputs):
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(inputs), y)
+            with torch.autocast(device, autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                loss = nn.functional.cross_entropy(model(inputs).float(), y)
             loss.backward()
             optimizer.step()
             return loss
@@ -116,6 +137,20 @@ def torch_steps(args, images, labels):
         run()
         result[name] = (run, time.perf_counter() - start)
     return result
+
+
+def machine_info(kernel_route: str) -> dict:
+    """What the timings depend on, recorded beside them."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kernels": kernels.resolve(kernel_route),
+    }
 
 
 def main(argv=None):
@@ -143,15 +178,7 @@ def main(argv=None):
 
     rows = []
     jax_ms = statistics.median(times["jaxseg"]) * 1e3
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "jax": jax.__version__,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "kernels": kernels.resolve(args.kernels),
-    }
+    machine = machine_info(args.kernels)
     print(
         f"U-Net train step, batch {args.batch} x {args.size}x{args.size}, widths {args.base_width}..."
         f"{args.base_width * 2**args.depth}, {jax.default_backend()}, median of {args.steps} steps, "
