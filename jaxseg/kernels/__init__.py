@@ -65,7 +65,7 @@ def resolve(name: str) -> str:
 @functools.cache  # one function per choice: models built with it share their graph definition
 def convolution(name: str = "xla") -> Callable:
     """The `conv_general_dilated` for the models of a program with `config.kernels = name`."""
-    convolve = lax.conv_general_dilated
+    convolve: Callable = lax.conv_general_dilated
     if resolve(name) == "onednn":
         from jaxseg.kernels import onednn
 
