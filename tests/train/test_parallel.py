@@ -158,20 +158,6 @@ def test_eight_devices_train_like_one_device(tmp_path):
     )
 
 
-@pytest.mark.slow
-def test_a_zoo_model_trains_on_eight_devices_like_on_one(tmp_path):
-    """smp's Unet on a ResNet-18 (BatchNorm statistics over the global batch, one image per
-    device), 6 steps: the same losses, parameters and validation metrics on meshes of 1 and 8."""
-    finish([run_module(["zoo_meshes", tmp_path], devices=8, timeout=420)])
-    reference = flat_params(restore(tmp_path / "single", "latest").state)
-    assert any("encoder" in key and "layer4" in key for key in reference)
-    expected_val = json.loads((tmp_path / "single.json").read_text())
-    np.testing.assert_allclose(train_losses(tmp_path / "data8"), train_losses(tmp_path / "single"), rtol=LOSS_RTOL)
-    assert_params_close(flat_params(restore(tmp_path / "data8", "latest").state), reference, PARAMS_ATOL)
-    val = json.loads((tmp_path / "data8.json").read_text())
-    np.testing.assert_allclose(val["loss"], expected_val["loss"], rtol=1e-4)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
