@@ -2,9 +2,10 @@
 names them.
 
 Architectures (`ARCHITECTURES`, smp's class names lower-cased): unet, unetplusplus, manet,
-linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer. Encoders
+linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer, dpt. Encoders
 (`ENCODERS`): resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, mit_b0..b5,
-efficientnet-b0..b7, efficientnet-lite0 and tu-convnext_tiny/small/base.
+efficientnet-b0..b7, efficientnet-lite0, tu-convnext_tiny/small/base and, for DPT,
+tu-vit_tiny/small/base/large_patch16_224/384.
 
 `weights` loads a full smp model's state dict of the same architecture; `encoder_weights` an
 encoder's (torchvision / smp-hub / timm layout, the ImageNet classifier ignored), adapting the
@@ -21,33 +22,57 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models import weights as weight_files
-from jaxseg.models.decoders import deeplab, fpn, linknet, manet, pan, pspnet, segformer, unet, unetplusplus, upernet
+from jaxseg.models.decoders import (
+    deeplab,
+    dpt,
+    fpn,
+    linknet,
+    manet,
+    pan,
+    pspnet,
+    segformer,
+    unet,
+    unetplusplus,
+    upernet,
+)
 from jaxseg.models.decoders.heads import ClassificationHead, SegmentationModel
 from jaxseg.models.encoders import convnext
 from jaxseg.models.encoders.convnext import CONVNEXTS, ConvNeXtEncoder
 from jaxseg.models.encoders.efficientnet import EFFICIENTNETS, EfficientNetEncoder
 from jaxseg.models.encoders.mix_transformer import MIT_ENCODERS, MixVisionTransformerEncoder
 from jaxseg.models.encoders.resnet import RESNETS, ResNetEncoder
+from jaxseg.models.encoders.vit import VITS, ViTEncoder, base_name
 
 ENCODERS = {
     **{name: ResNetEncoder for name in RESNETS},
     **{name: MixVisionTransformerEncoder for name in MIT_ENCODERS},
     **{name: EfficientNetEncoder for name in EFFICIENTNETS},
     **{name: ConvNeXtEncoder for name in CONVNEXTS},
+    **{name: ViTEncoder for name in VITS},
 }
 FIRST_CONV = {
     ResNetEncoder: "conv1.weight",
     MixVisionTransformerEncoder: "patch_embed1.proj.weight",
     EfficientNetEncoder: "_conv_stem.weight",
     ConvNeXtEncoder: "model.stem_0.weight",
+    ViTEncoder: "model.patch_embed.proj.weight",
 }
 CLASSIFIER_KEYS = {ResNetEncoder: ("fc.",), MixVisionTransformerEncoder: ("head.",), EfficientNetEncoder: ("_fc.",)}
 
 
-def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: int = 32, **conv):
-    if name not in ENCODERS:
+def encoder_family(name: str):
+    """The encoder class of smp's encoder `name` (timm's pretrained tag, `.augreg_in21k`, dropped)."""
+    family = ENCODERS.get(base_name(name) if name.startswith("tu-") else name)
+    if family is None:
         raise ValueError(f"unknown encoder {name!r}; jaxseg has {sorted(ENCODERS)}")
-    return ENCODERS[name](name, in_channels=in_channels, depth=depth, output_stride=output_stride, **conv)
+    return family
+
+
+def make_encoder(name: str, *, in_channels: int, depth: int = 5, output_stride: int = 32, **conv):
+    family = encoder_family(name)
+    if family is ViTEncoder and output_stride is not None:  # DPT asks for none
+        raise ValueError(f"{name}: jaxseg builds ViT encoders for DPT only (smp's TimmViTEncoder)")
+    return family(name, in_channels=in_channels, depth=depth, output_stride=output_stride, **conv)
 
 
 # smp's model constructors: `arch(make_encoder, classes, *, conv, encoder_name, **smp options)
@@ -65,6 +90,7 @@ ARCHITECTURES = {
     "pan": pan.pan,
     "upernet": upernet.upernet,
     "segformer": segformer.segformer,
+    "dpt": dpt.dpt,
 }
 
 
@@ -168,9 +194,11 @@ def encoder_state(encoder: str, state: dict, in_channels: int, depth: int = 5) -
     """(state dict, ignored key prefixes) of pretrained weights for the encoder named `encoder`
     at `depth`: its first convolution adapted to `in_channels`, its ImageNet classifier (and for
     timm's encoders, the stages the depth does not build) to be ignored."""
-    family = ENCODERS[encoder]
+    family = encoder_family(encoder)
     if family is ConvNeXtEncoder:
         state, ignore = convnext.timm_to_smp(state, depth)
+    elif family is ViTEncoder:
+        state, ignore = {key if key.startswith("model.") else f"model.{key}": v for key, v in state.items()}, ()
     else:
         ignore = CLASSIFIER_KEYS[family]
     first = FIRST_CONV[family]

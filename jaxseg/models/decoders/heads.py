@@ -61,7 +61,7 @@ class SegmentationHead(nnx.List):
         super().__init__([conv2d(in_channels, classes, kernel_size, kernel_init=XAVIER, **conv)])
         self.upsampling = upsampling
 
-    def __call__(self, x):
+    def __call__(self, x, *, train: bool = False, key=None):  # train, key: for heads with dropout (DPT's)
         x = self[0](x)
         if self.upsampling > 1:
             x = interpolate(
@@ -120,7 +120,9 @@ class SegmentationModel(nnx.Module):
         # Keys for the encoder's stochastic depth (MiT), the decoder's and the aux head's dropout.
         encoder_key, decoder_key, aux_key = (None, None, None) if key is None else jax.random.split(key, 3)
         features = self.encoder(x, train=train, key=encoder_key)
-        masks = self.segmentation_head(self.decoder(features, train=train, key=decoder_key))
+        head_key = None if decoder_key is None else jax.random.fold_in(decoder_key, 1)
+        decoded = self.decoder(features, train=train, key=decoder_key)
+        masks = self.segmentation_head(decoded, train=train, key=head_key)
         if self.classification_head is None:
             return masks
         return masks, self.classification_head(features[-1], train=train, key=aux_key)
