@@ -120,6 +120,15 @@ def call(layer, x, train: bool):
     return layer(x, train=train)
 
 
+def attention(q, k, v, scale: float):
+    """Multi-head attention of `q [B, N, heads, d]` over `k`, `v` `[B, M, heads, d]` -> `[B, N,
+    heads * d]`: softmax over the keys in float32 (for any compute dtype), at `scale`."""
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) * scale
+    weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+    out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v)
+    return out.reshape(*q.shape[:2], -1)
+
+
 def drop_path(x, rate: float, key):
     """timm's `drop_path` (stochastic depth; lukemelas' `drop_connect` for EfficientNet): each
     sample's `x` is zeroed with probability `rate` and the kept ones scaled by `1 / (1 - rate)`;

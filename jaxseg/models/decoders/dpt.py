@@ -22,6 +22,11 @@ READOUTS = ("ignore", "add", "cat")
 HEAD_DROPOUT = 0.1
 
 
+def check_readout(readout: str) -> None:
+    if readout not in READOUTS:
+        raise ValueError(f"Invalid decoder readout mode. Must be one of: 'ignore', 'add', 'cat'. Got: {readout}")
+
+
 def upsample_2x(x):
     """torch's `interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)`."""
     return interpolate(x, (2 * x.shape[1], 2 * x.shape[2]), "bilinear", align_corners=True)
@@ -125,8 +130,7 @@ class DPTDecoder(nnx.Module):
             raise ValueError(
                 "encoder_out_channels, encoder_output_strides and intermediate_channels must have the same length"
             )
-        if readout not in READOUTS:
-            raise ValueError(f"Invalid decoder readout mode. Must be one of: 'ignore', 'add', 'cat'. Got: {readout}")
+        check_readout(readout)
         self.readout = readout
         linear = dict(dtype=conv["dtype"], rngs=conv["rngs"])
         self.projection_blocks = nnx.List(
@@ -196,10 +200,7 @@ def dpt(
         raise ValueError(
             f"Only Timm encoders are supported for DPT. Encoder name must start with 'tu-', got {encoder_name}"
         )
-    if decoder_readout not in READOUTS:
-        raise ValueError(
-            f"Invalid decoder readout mode. Must be one of: 'ignore', 'add', 'cat'. Got: {decoder_readout}"
-        )
+    check_readout(decoder_readout)  # before the encoder, as smp
     if base_name(encoder_name) not in VITS:  # smp also takes timm's CNNs with forward_intermediates
         raise ValueError(f"jaxseg's DPT builds on the ViT encoders {tuple(VITS)}; got {encoder_name}")
     encoder = make_encoder(

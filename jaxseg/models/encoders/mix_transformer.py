@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, attention, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
 
 
 class Spec(NamedTuple):
@@ -135,10 +135,7 @@ class Attention(nnx.Module):
             source = self.norm(reduced.reshape(batch, -1, dim))
         kv = self.kv(source).reshape(batch, -1, 2, heads, dim // heads)
         k, v = kv[:, :, 0], kv[:, :, 1]  # [B, M, heads, head_dim]
-        logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) * self.scale
-        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-        out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v).reshape(batch, n, dim)
-        return self.proj(out)
+        return self.proj(attention(q, k, v, self.scale))
 
 
 class DWConv(nnx.Module):

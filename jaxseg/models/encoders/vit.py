@@ -25,7 +25,7 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models.encoders.convnext import INIT, Mlp
-from jaxseg.models.layers import ConvFunction, check_drop_key, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, attention, check_drop_key, conv2d, drop_path, layer_norm
 
 
 class Spec(NamedTuple):
@@ -61,10 +61,7 @@ class Attention(nnx.Module):
         heads = self.num_heads
         qkv = self.qkv(tokens).reshape(batch, n, 3, heads, dim // heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) * (dim // heads) ** -0.5
-        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-        out = jnp.einsum("bhnm,bmhd->bnhd", weights.astype(v.dtype), v).reshape(batch, n, dim)
-        return self.proj(out)
+        return self.proj(attention(q, k, v, (dim // heads) ** -0.5))
 
 
 class Block(nnx.Module):
@@ -119,7 +116,6 @@ class VisionTransformer(nnx.Module):
         self.blocks = nnx.List([Block(dim, spec.num_heads, drop_path=rate, dtype=dtype, rngs=rngs) for rate in rates])
         self.norm = layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
         self.head = nnx.Linear(dim, IMAGENET_CLASSES, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.dtype = dtype
 
     def forward_intermediates(self, x, indices, *, key=None):
         """(maps `[B, H / 16, W / 16, D]`, class tokens `[B, 1, D]`) after the blocks `indices`
