@@ -76,30 +76,42 @@ def test_auto_takes_onednn_where_it_runs(fresh_choice):
 
 @needs_onednn
 @pytest.mark.parametrize(
-    "x_shape, k_shape",
+    "x_shape, k_shape, strides, padding, dilation",
     [
-        ((2, 9, 7, 5), (3, 3, 5, 6)),
-        ((1, 8, 8, 3), (1, 1, 3, 4)),
-        ((2, 6, 10, 4), (5, 5, 4, 3)),
-        ((2, 8, 8, 4), (2, 2, 4, 3)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
-        ((2, 7, 9, 3), (1, 3, 3, 4)),  # non-square kernels: rows and columns padded differently
-        ((1, 6, 5, 2), (3, 2, 2, 3)),
-        ((1, 3, 4, 2), (5, 5, 2, 2)),  # a kernel larger than the image
-        ((3, 16, 16, 32), (3, 3, 32, 16)),
+        ((2, 9, 7, 5), (3, 3, 5, 6), (1, 1), "SAME", (1, 1)),
+        ((1, 8, 8, 3), (1, 1, 3, 4), (1, 1), "SAME", (1, 1)),
+        ((2, 6, 10, 4), (5, 5, 4, 3), (1, 1), "SAME", (1, 1)),
+        ((2, 8, 8, 4), (2, 2, 4, 3), (1, 1), "SAME", (1, 1)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
+        ((2, 7, 9, 3), (1, 3, 3, 4), (1, 1), "SAME", (1, 1)),  # non-square kernels: rows and columns padded differently
+        ((1, 6, 5, 2), (3, 2, 2, 3), (1, 1), "SAME", (1, 1)),
+        ((1, 3, 4, 2), (5, 5, 2, 2), (1, 1), "SAME", (1, 1)),  # a kernel larger than the image
+        ((3, 16, 16, 32), (3, 3, 32, 16), (1, 1), "SAME", (1, 1)),
+        ((2, 9, 11, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # ResNet's stride-2 3x3, odd sizes
+        ((1, 15, 13, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), (1, 1)),  # ResNet's stem
+        ((2, 10, 10, 4), (1, 1, 4, 6), (2, 2), "VALID", (1, 1)),  # shortcut: the last row and column unused
+        ((2, 16, 16, 4), (3, 3, 4, 3), (1, 1), ((6, 6), (6, 6)), (6, 6)),  # DeepLab's dilated ASPP
+        ((1, 12, 12, 3), (3, 3, 3, 4), (2, 1), "SAME", (2, 1)),
+        ((1, 9, 9, 2), (4, 4, 2, 3), (4, 4), "VALID", (1, 1)),  # patch embedding; a row and a column unused
+        ((1, 9, 9, 2), (3, 3, 2, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),  # uneven explicit pads
     ],
 )
-def test_values_and_gradients_match_xla(x_shape, k_shape):
+def test_values_and_gradients_match_xla(x_shape, k_shape, strides, padding, dilation):
+    def conv(convolve):
+        return lambda x, k: convolve(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
+
+    ours, reference = conv(onednn.conv_general_dilated), conv(jax.lax.conv_general_dilated)
     kx, kk, kw = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, x_shape)
     kernel = jax.random.normal(kk, k_shape)
-    weights = jax.random.normal(kw, x_shape[:3] + k_shape[3:])
-    _, (dx, dk) = value_and_grads(onednn.conv2d, x, kernel, weights)
-    _, (ref_dx, ref_dk) = value_and_grads(lax_conv, x, kernel, weights)
+    ref_outputs = jax.jit(reference)(x, kernel)
+    weights = jax.random.normal(kw, ref_outputs.shape)
+    assert uses_ffi(ours, x, kernel)
+    _, (dx, dk) = value_and_grads(ours, x, kernel, weights)
+    _, (ref_dx, ref_dk) = value_and_grads(reference, x, kernel, weights)
     # The outputs, not the scalar objective: its sum cancels (0.12 from ~760 terms of size ~7),
     # so its relative error measures the summation order rather than the convolution.
-    outputs, ref_outputs = jax.jit(onednn.conv2d)(x, kernel), jax.jit(lax_conv)(x, kernel)
-    for ours, ref in [(outputs, ref_outputs), (dx, ref_dx), (dk, ref_dk)]:
-        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
+    for ours_, ref in [(jax.jit(ours)(x, kernel), ref_outputs), (dx, ref_dx), (dk, ref_dk)]:
+        np.testing.assert_allclose(ours_, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
 @needs_onednn
@@ -115,20 +127,31 @@ def test_vmap_over_a_member_axis_matches_each_member():
 
 
 @needs_onednn
-def test_conv_general_dilated_covers_float32_stride_one_same_convolutions():
+def test_conv_general_dilated_covers_float32_ungrouped_convolutions():
     x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
-    route = lambda x, k, strides=(1, 1), padding="SAME": onednn.conv_general_dilated(  # noqa: E731
-        x, k, strides, padding, dimension_numbers=NHWC
-    )
+
+    def route(x, k, strides=(1, 1), padding="SAME", **options):
+        return onednn.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC, **options)
+
     assert uses_ffi(route, x, k)
-    assert not uses_ffi(route, x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))  # float32 only
-    assert not uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
-    assert not uses_ffi(lambda x, k: route(x, k, padding="VALID"), x, k)
-    assert uses_ffi(lambda x, k: route(x, k, padding=((1, 1), (1, 1))), x, k)  # "SAME" spelled out
-    assert not uses_ffi(lambda x, k: route(x, k, padding=((0, 2), (1, 1))), x, k)
-    for strides, padding in [((2, 2), "SAME"), ((1, 1), "VALID")]:  # what XLA keeps, it computes as lax does
+    assert uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
+    assert uses_ffi(lambda x, k: route(x, k, padding="VALID", rhs_dilation=(2, 2)), x, k)
+    assert uses_ffi(lambda x, k: route(x, k, padding=((0, 2), (1, 1))), x, k)
+    kept = {  # what XLA keeps, it computes as lax does
+        "bfloat16": (x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), {}),
+        "negative pads": (x, k, {"padding": ((-1, 1), (1, 1))}),
+        "transposed": (x, k, {"lhs_dilation": (2, 2), "padding": ((1, 1), (1, 1))}),
+        "grouped": (x, jnp.ones((3, 3, 2, 2)), {"feature_group_count": 2}),
+        "empty output": (x, jnp.ones((9, 9, 4, 2)), {"padding": "VALID"}),
+    }
+    for name, (x_, k_, options) in kept.items():
+        assert not uses_ffi(lambda x, k: route(x, k, **options), x_, k_), name
+        options = {"strides": (1, 1), "padding": "SAME", **options}
         np.testing.assert_array_equal(
-            route(x, k, strides, padding), jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+            route(x_, k_, **options),
+            jax.lax.conv_general_dilated(
+                x_, k_, options.pop("strides"), options.pop("padding"), dimension_numbers=NHWC, **options
+            ),
         )
 
 
@@ -160,6 +183,12 @@ def test_bad_operands_are_an_error():
         onednn.conv2d(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
     with pytest.raises(ValueError, match=r"kernel \[KH, KW, C, O\]"):
         onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 5, 2)))
+    with pytest.raises(ValueError, match=r"strides and dilation >= 1; got strides \(0, 1\)"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), strides=(0, 1))
+    with pytest.raises(ValueError, match="non-empty output"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((5, 5, 2, 2)), padding="VALID")
+    with pytest.raises(ValueError, match="pads >= 0"):
+        onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), padding=((-1, 0), (0, 0)))
 
 
 def test_a_missing_compiler_or_a_failed_build_says_so(monkeypatch, tmp_path):
@@ -203,10 +232,14 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(tmp_path):
 @needs_onednn
 def test_the_handlers_check_shapes():
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+    same = onednn.geometry_of(x.shape, kernel.shape)
     with pytest.raises(
-        Exception, match=r"shapes do not fit: x \[1, 4, 4, 2\], kernel \[3, 3, 2, 3\], output \[1, 4, 4, 5\]"
+        Exception, match=r"shapes do not fit: x \[1, 4, 4, 2\], kernel \[3, 3, 2, 3\], output \[1, 4, 4, 5\], strides"
     ):
-        jax.block_until_ready(onednn._call("forward", (1, 4, 4, 5), x, kernel))
+        jax.block_until_ready(onednn._call("forward", (1, 4, 4, 5), same, x, kernel))
+    strided = same._replace(strides=(2, 2))  # the output's size must follow the geometry
+    with pytest.raises(Exception, match=r"output \[1, 4, 4, 3\], strides \[2, 2\], dilation \[1, 1\]"):
+        jax.block_until_ready(onednn._call("forward", (1, 4, 4, 3), strided, x, kernel))
 
 
 @needs_onednn

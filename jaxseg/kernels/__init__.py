@@ -5,7 +5,7 @@ Every model convolves with `nnx.Conv`, whose `conv_general_dilated` defaults to
 the function a program's models are built with, from `config.kernels`:
 
 - "xla": XLA's own convolutions (the default of the models and of configs that name none);
-- "onednn": float32 stride-1 "SAME" convolutions on oneDNN (`jaxseg.kernels.onednn`, built on
+- "onednn": float32 ungrouped convolutions (any strides, dilation and padding) on oneDNN (`jaxseg.kernels.onednn`, built on
   first use against a system oneDNN 2.x, e.g. Debian/Ubuntu `libdnnl-dev`); an error where it
   cannot run: not the CPU backend, more than one device, or oneDNN missing;
 - "auto": "onednn" where it can run, else "xla" with one log line saying why.

@@ -5,7 +5,7 @@ uses on the CPU; most of all the kernel gradients (per-layer figures: `benchmark
 docs/performance.md).
 
 `onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
-float32 NHWC/HWIO 2-D convolutions with stride 1 and "SAME" padding. It is compiled on first
+ungrouped float32 NHWC/HWIO 2-D convolutions of any strides, kernel dilation and explicit pads. It is compiled on first
 use with the system's C++ compiler (`CXX`, default `c++`) against the FFI headers that ship
 with jaxlib and the system's oneDNN 2.x (`libdnnl-dev` on Debian 12), into `$JAXSEG_CACHE_DIR`
 (default `~/.cache/jaxseg`), named by a hash of the source, the jaxlib version and the
@@ -28,10 +28,12 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 from jax import lax
 
 from jaxseg.kernels.depthwise import is_nhwc
@@ -152,52 +154,126 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def _call(name: str, shape, *operands):
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+class Geometry(NamedTuple):
+    """A 2-D convolution's strides, explicit non-negative pads and kernel dilation (XLA's: 1 is
+    none), each per (rows, columns)."""
+
+    strides: tuple[int, int] = (1, 1)
+    pads: Pads = ((0, 0), (0, 0))
+    dilation: tuple[int, int] = (1, 1)
+
+    def attributes(self) -> dict[str, np.ndarray]:
+        """The handlers' FFI attributes."""
+        (top, bottom), (left, right) = self.pads
+        as_array = lambda values: np.asarray(values, np.int64)  # noqa: E731
+        return {
+            "strides": as_array(self.strides),
+            "dilation": as_array(self.dilation),
+            "pad_before": as_array((top, left)),
+            "pad_after": as_array((bottom, right)),
+        }
+
+    def output_shape(self, x_shape, kernel_shape) -> tuple[int, ...]:
+        """[N, OH, OW, O] as XLA sizes it."""
+        sizes = [
+            (size + before + after - (k - 1) * d - 1) // s + 1
+            for size, k, s, d, (before, after) in zip(
+                x_shape[1:3], kernel_shape[:2], self.strides, self.dilation, self.pads
+            )
+        ]
+        return (x_shape[0], *sizes, kernel_shape[3])
+
+    def trimmed(self, x, kernel_shape):
+        """`x` without the trailing rows and columns that no output window reaches (XLA's floor
+        division drops them), and the geometry for it: oneDNN 2.6's kernel gradient of a strided
+        1x1 convolution is wrong when they are there, even told of them by a negative pad."""
+        out = self.output_shape(x.shape, kernel_shape)
+        reach = [
+            (o - 1) * s + (k - 1) * d + 1 - before
+            for o, k, s, d, (before, _) in zip(out[1:3], kernel_shape[:2], self.strides, self.dilation, self.pads)
+        ]
+        if all(r >= size for r, size in zip(reach, x.shape[1:3])):
+            return x, self
+        pads = tuple(
+            (before, after if r >= size else 0) for (before, after), r, size in zip(self.pads, reach, x.shape[1:3])
+        )
+        return x[:, : min(reach[0], x.shape[1]), : min(reach[1], x.shape[2])], self._replace(pads=pads)
+
+
+def geometry_of(x_shape, kernel_shape, strides=None, padding="SAME", dilation=None) -> Geometry:
+    """`Geometry` of `lax.conv_general_dilated`'s arguments ("SAME"/"VALID" sized as lax sizes
+    them, over the dilated kernel)."""
+    strides, dilation = tuple(strides or (1, 1)), tuple(dilation or (1, 1))
+    if not all(s >= 1 for s in strides + dilation):
+        raise ValueError(f"conv2d needs strides and dilation >= 1; got strides {strides}, dilation {dilation}")
+    if isinstance(padding, str):
+        window = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation)]
+        padding = lax.padtype_to_pads(x_shape[1:3], window, strides, padding)
+    pads = tuple((int(before), int(after)) for before, after in padding)
+    return Geometry(tuple(map(int, strides)), pads, tuple(map(int, dilation)))  # type: ignore[arg-type]
+
+
+def _call(name: str, shape, geometry: Geometry, *operands):
     error = _registration_error()
     if error is not None:
         raise OneDnnUnavailable(error)
     # Under vmap (an ablation's member axis) the call runs once per member.
     result = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.ffi.ffi_call(f"jaxseg_onednn_conv_{name}", result, vmap_method="sequential")(*operands)
+    call = jax.ffi.ffi_call(f"jaxseg_onednn_conv_{name}", result, vmap_method="sequential")
+    return call(*operands, **geometry.attributes())
 
 
-def _check(x, kernel):
+def _check(x, kernel, geometry: Geometry):
     if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
         raise ValueError(f"conv2d needs x [N, H, W, C] and kernel [KH, KW, C, O]; got {x.shape} and {kernel.shape}")
     if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
         raise ValueError(f"conv2d runs in float32; got {x.dtype} and {kernel.dtype}")
+    valid = all(p >= 0 for pair in geometry.pads for p in pair) and all(
+        size >= 1 for size in geometry.output_shape(x.shape, kernel.shape)[1:3]
+    )
+    if not valid:
+        raise ValueError(f"conv2d needs pads >= 0 and a non-empty output; got {geometry}")
 
 
-@jax.custom_vjp
-def conv2d(x, kernel):
-    """Stride-1, "SAME", ungrouped float32 NHWC/HWIO 2-D convolution on oneDNN
-    (`lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))`)."""
-    _check(x, kernel)
-    return _call("forward", x.shape[:3] + kernel.shape[3:], x, kernel)
+def conv2d(x, kernel, strides=(1, 1), padding="SAME", dilation=(1, 1)):
+    """Ungrouped float32 NHWC/HWIO 2-D convolution on oneDNN: `lax.conv_general_dilated(x,
+    kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))`,
+    `padding` being "SAME", "VALID" or explicit non-negative pads."""
+    geometry = geometry_of(x.shape, kernel.shape, strides, padding, dilation)
+    _check(x, kernel, geometry)
+    return _conv2d(geometry, x, kernel)
 
 
-def _conv2d_fwd(x, kernel):
-    return conv2d(x, kernel), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv2d(geometry: Geometry, x, kernel):
+    return _call("forward", geometry.output_shape(x.shape, kernel.shape), geometry, x, kernel)
 
 
-def _conv2d_bwd(residuals, dy):
+def _conv2d_fwd(geometry, x, kernel):
+    return _conv2d(geometry, x, kernel), (x, kernel)
+
+
+def _conv2d_bwd(geometry, residuals, dy):
     x, kernel = residuals
-    return _call("backward_data", x.shape, dy, kernel), _call("backward_weights", kernel.shape, x, dy)
+    reached, reached_geometry = geometry.trimmed(x, kernel.shape)
+    return (
+        _call("backward_data", x.shape, geometry, dy, kernel),
+        _call("backward_weights", kernel.shape, reached_geometry, reached, dy),
+    )
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _is_same(padding, rhs, spatial) -> bool:
-    """ "SAME", or explicit pads equal to it (the torch-layout models pad explicitly)."""
-    if isinstance(padding, str):
-        return padding == "SAME"
-    same = lax.padtype_to_pads(spatial, rhs.shape[:2], (1, 1), "SAME")
-    return [tuple(p) for p in padding] == [tuple(p) for p in same]
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def _ones(values) -> bool:
     return values is None or all(v == 1 for v in values)
+
+
+def _non_negative(padding) -> bool:
+    return isinstance(padding, str) or all(p >= 0 for pair in padding for p in pair)
 
 
 def conv_general_dilated(
@@ -215,18 +291,16 @@ def conv_general_dilated(
     **options,
 ):
     """`lax.conv_general_dilated` (the `conv_general_dilated` of `nnx.Conv`) with what `conv2d`
-    covers sent to oneDNN: float32 stride-1 "SAME" (or padded explicitly as "SAME") ungrouped NHWC
-    2-D convolutions of a
-    non-empty batch. Every other convolution (strided, VALID, bfloat16, grouped, with an output
-    sharding) is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
+    covers sent to oneDNN: float32 ungrouped NHWC 2-D convolutions of a non-empty batch, any
+    strides, kernel dilation and "SAME", "VALID" or non-negative explicit padding. The rest
+    (bfloat16, grouped, input-dilated i.e. transposed, negative pads, with an output sharding)
+    is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
     covered = (
         lhs.ndim == 4
         and rhs.ndim == 4
         and is_nhwc(dimension_numbers)
-        and _is_same(padding, rhs, lhs.shape[1:3])
-        and _ones(window_strides)
+        and _non_negative(padding)
         and _ones(lhs_dilation)
-        and _ones(rhs_dilation)
         and feature_group_count == 1
         and batch_group_count == 1
         and lhs.dtype == jnp.float32
@@ -236,7 +310,10 @@ def conv_general_dilated(
         and options.get("out_sharding") is None
     )
     if covered:
-        return conv2d(lhs, rhs)
+        geometry = geometry_of(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
+        covered = all(size >= 1 for size in geometry.output_shape(lhs.shape, rhs.shape)[1:3])
+    if covered:
+        return conv2d(lhs, rhs, window_strides, padding, rhs_dilation)
     return lax.conv_general_dilated(
         lhs,
         rhs,
