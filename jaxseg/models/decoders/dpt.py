@@ -16,7 +16,7 @@ from flax import nnx
 from jaxseg.models.decoders.heads import KAIMING_FAN_IN, XAVIER, Parts
 from jaxseg.models.encoders.vit import VITS, base_name
 from jaxseg.models.interpolation import interpolate
-from jaxseg.models.layers import ConvTranspose2d, batch_norm, call, conv2d
+from jaxseg.models.layers import ConvTranspose2d, batch_norm, call, conv2d, linear
 
 READOUTS = ("ignore", "add", "cat")
 HEAD_DROPOUT = 0.1
@@ -38,7 +38,7 @@ class ReadoutConcat(nnx.Module):
 
     def __init__(self, dim: int, has_prefix_tokens: bool, *, dtype, rngs):
         in_features = 2 * dim if has_prefix_tokens else dim
-        self.project = nnx.List([nnx.Linear(in_features, dim, kernel_init=XAVIER, dtype=dtype, rngs=rngs), None])
+        self.project = nnx.List([linear(in_features, dim, kernel_init=XAVIER, dtype=dtype, rngs=rngs), None])
 
     def __call__(self, x, prefix_tokens):
         if prefix_tokens is not None:

@@ -10,14 +10,14 @@ from flax import nnx
 
 from jaxseg.models.decoders.heads import KAIMING_FAN_IN, XAVIER, Parts, SegmentationHead
 from jaxseg.models.interpolation import interpolate
-from jaxseg.models.layers import ConvNormReLU
+from jaxseg.models.layers import ConvNormReLU, linear
 
 
 class MLP(nnx.Module):
     """smp's Segformer `MLP`: one linear layer over the channels of every pixel."""
 
     def __init__(self, skip_channels: int, segmentation_channels: int, *, dtype, rngs):
-        self.linear = nnx.Linear(skip_channels, segmentation_channels, kernel_init=XAVIER, dtype=dtype, rngs=rngs)
+        self.linear = linear(skip_channels, segmentation_channels, kernel_init=XAVIER, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.linear(x)

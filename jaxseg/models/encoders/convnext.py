@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from jaxseg.models.layers import ConvFunction, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, check_drop_key, check_encoder, conv2d, drop_path, layer_norm, linear
 
 
 class Spec(NamedTuple):
@@ -46,8 +46,8 @@ class Mlp(nnx.Module):
     """timm's `Mlp`: `fc2(GELU(fc1(x)))`, exact (erf) GELU."""
 
     def __init__(self, dim: int, hidden: int, *, dtype, rngs: nnx.Rngs):
-        self.fc1 = nnx.Linear(dim, hidden, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.fc1 = linear(dim, hidden, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.fc2 = linear(hidden, dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))

@@ -24,6 +24,7 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models.layers import ConvFunction, attention, check_drop_key, check_encoder, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import linear as flat_linear
 
 
 class Spec(NamedTuple):
@@ -63,7 +64,7 @@ def conv_init(kernel_size: int, out_channels: int, groups: int = 1):
 
 def linear(in_features: int, out_features: int, *, dtype, rngs) -> nnx.Linear:
     """torch's `nn.Linear` with SegFormer's init (every mit linear layer has a bias: `qkv_bias=True`)."""
-    return nnx.Linear(in_features, out_features, kernel_init=LINEAR_INIT, dtype=dtype, rngs=rngs)
+    return flat_linear(in_features, out_features, kernel_init=LINEAR_INIT, dtype=dtype, rngs=rngs)
 
 
 class OverlapPatchEmbed(nnx.Module):

@@ -25,7 +25,7 @@ from flax import nnx
 from jax import lax
 
 from jaxseg.models.encoders.convnext import INIT, Mlp
-from jaxseg.models.layers import ConvFunction, attention, check_drop_key, conv2d, drop_path, layer_norm
+from jaxseg.models.layers import ConvFunction, attention, check_drop_key, conv2d, drop_path, layer_norm, linear
 
 
 class Spec(NamedTuple):
@@ -53,8 +53,8 @@ class Attention(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
         self.num_heads = num_heads
-        self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(dim, dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.qkv = linear(dim, 3 * dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.proj = linear(dim, dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens):
         batch, n, dim = tokens.shape
@@ -115,7 +115,7 @@ class VisionTransformer(nnx.Module):
         rates = np.linspace(0.0, drop_path_rate, spec.depth).tolist()
         self.blocks = nnx.List([Block(dim, spec.num_heads, drop_path=rate, dtype=dtype, rngs=rngs) for rate in rates])
         self.norm = layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(dim, IMAGENET_CLASSES, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.head = linear(dim, IMAGENET_CLASSES, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
     def forward_intermediates(self, x, indices, *, key=None):
         """(maps `[B, H / 16, W / 16, D]`, class tokens `[B, 1, D]`) after the blocks `indices`
