@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxseg.models.layers import call, conv, make_norm, max_pool_2x2, resize_bilinear
+from jaxseg.models.layers import (
+    attention,
+    call,
+    conv,
+    flat_dot_general,
+    linear,
+    make_norm,
+    max_pool_2x2,
+    resize_bilinear,
+)
 
 
 def numpy_bilinear_axis(x, size: int, axis: int):
@@ -64,3 +73,41 @@ def test_norms_normalise_with_batch_statistics_in_training_only():
     assert call(None, x, train=True) is x
     with pytest.raises(ValueError, match="norm must be one of"):
         make_norm("layer", 2, groups=1, dtype=jnp.float32, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (2, 5, 3), (2, 4, 5, 3)])
+def test_linear_layers_flatten_leading_axes_and_compute_what_nnx_linear_does(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours, plain = linear(3, 4, rngs=nnx.Rngs(1)), nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+    dots = [e for e in jax.make_jaxpr(lambda x: ours(x))(x).eqns if e.primitive.name == "dot_general"]
+    assert [e.invars[0].aval.shape for e in dots] == [(int(np.prod(shape[:-1])), 3)]  # [..., K] seen as [-1, K]
+    np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+    x_numpy, kernel = np.asarray(x, np.float64), np.asarray(plain.kernel[...], np.float64)
+    np.testing.assert_allclose(ours(x), x_numpy @ kernel + np.asarray(plain.bias[...]), rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda m: jnp.sum(jnp.sin(m(x))))(m) for m in (ours, plain)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_dot_general_leaves_other_contractions_as_given():
+    lhs, rhs = jnp.ones((2, 3, 4)), jnp.ones((2, 4, 5))
+    batched = (((2,), (1,)), ((0,), (0,)))
+    out = flat_dot_general(lhs, rhs, batched)
+    assert out.shape == (2, 3, 5) and "reshape" not in str(
+        jax.make_jaxpr(flat_dot_general, static_argnums=2)(lhs, rhs, batched)
+    )
+    first_axis = (((0,), (0,)), ((), ()))
+    np.testing.assert_array_equal(flat_dot_general(lhs, jnp.ones((2, 6)), first_axis), jnp.full((3, 4, 6), 2.0))
+
+
+def test_attention_is_softmax_over_the_keys_per_head():
+    q, k, v = (
+        jax.random.normal(jax.random.key(i), shape)
+        for i, shape in enumerate([(2, 5, 3, 4), (2, 6, 3, 4), (2, 6, 3, 4)])
+    )
+    out = attention(q, k, v, 0.5)
+    logits = np.einsum("bnhd,bmhd->bhnm", q, k) * 0.5
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bhnm,bmhd->bnhd", weights, v).reshape(2, 5, 12)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
