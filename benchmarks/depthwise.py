@@ -1,4 +1,4 @@
-"""Depthwise convolutions on the CPU: XLA's grouped convolution vs jaxseg's shifted multiply-adds.
+"""Depthwise convolutions on the CPU: XLA's grouped convolution, jaxseg's shifted multiply-adds, oneDNN.
 
     python benchmarks/depthwise.py [--repeats 3] [--out benchmarks/results/depthwise.json]
 
@@ -7,7 +7,9 @@ separable ASPP branch at stride 16, its decoder's separable convolution at strid
 first-stage 7x7), the forward pass and forward + backward (input and kernel gradients), each
 jitted on its own, median of `--repeats` calls: "xla" is `lax.conv_general_dilated` with
 `feature_group_count = channels`, "shifts" `jaxseg.kernels.depthwise` (what `config.kernels`
-"auto" / "onednn" use on the CPU), "torch" `conv2d(groups=channels)` when torch is installed.
+"auto" uses on the CPU for bfloat16, or without oneDNN), "onednn" `jaxseg.kernels.onednn` (float32
+under "auto" / "onednn", when oneDNN is available), "torch" `conv2d(groups=channels)` when torch
+is installed.
 Values are checked against XLA's before timing. Prints a table (ms) and writes JSON.
 """
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.conv_layers import median_ms  # noqa: E402
 from benchmarks.train_step import machine_info  # noqa: E402
-from jaxseg.kernels import depthwise  # noqa: E402
+from jaxseg.kernels import depthwise, onednn  # noqa: E402
 
 # (name, [B, H, W, C], kernel size, dilation)
 LAYERS = [
@@ -101,6 +103,11 @@ def main(argv=None):
         )
         np.testing.assert_allclose(values, reference, rtol=1e-4, atol=1e-4 * float(jnp.abs(reference).max()))
         measured = {"xla": (xla_forward, xla_both), "shifts": (forward, both)}
+        if onednn.available():
+            values, *measured["onednn"] = jax_times(
+                onednn.conv_general_dilated, x, kernel, padding, (dilation, dilation), args.repeats
+            )
+            np.testing.assert_allclose(values, reference, rtol=1e-4, atol=1e-4 * float(jnp.abs(reference).max()))
         torch_ms = torch_times(x, kernel, pad, dilation, args.repeats)
         if torch_ms is not None:
             measured["torch"] = torch_ms

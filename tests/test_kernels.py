@@ -76,28 +76,46 @@ def test_auto_takes_onednn_where_it_runs(fresh_choice):
 
 @needs_onednn
 @pytest.mark.parametrize(
-    "x_shape, k_shape, strides, padding, dilation",
+    "x_shape, k_shape, strides, padding, dilation, groups",
     [
-        ((2, 9, 7, 5), (3, 3, 5, 6), (1, 1), "SAME", (1, 1)),
-        ((1, 8, 8, 3), (1, 1, 3, 4), (1, 1), "SAME", (1, 1)),
-        ((2, 6, 10, 4), (5, 5, 4, 3), (1, 1), "SAME", (1, 1)),
-        ((2, 8, 8, 4), (2, 2, 4, 3), (1, 1), "SAME", (1, 1)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
-        ((2, 7, 9, 3), (1, 3, 3, 4), (1, 1), "SAME", (1, 1)),  # non-square kernels: rows and columns padded differently
-        ((1, 6, 5, 2), (3, 2, 2, 3), (1, 1), "SAME", (1, 1)),
-        ((1, 3, 4, 2), (5, 5, 2, 2), (1, 1), "SAME", (1, 1)),  # a kernel larger than the image
-        ((3, 16, 16, 32), (3, 3, 32, 16), (1, 1), "SAME", (1, 1)),
-        ((2, 9, 11, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # ResNet's stride-2 3x3, odd sizes
-        ((1, 15, 13, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), (1, 1)),  # ResNet's stem
-        ((2, 10, 10, 4), (1, 1, 4, 6), (2, 2), "VALID", (1, 1)),  # shortcut: the last row and column unused
-        ((2, 16, 16, 4), (3, 3, 4, 3), (1, 1), ((6, 6), (6, 6)), (6, 6)),  # DeepLab's dilated ASPP
-        ((1, 12, 12, 3), (3, 3, 3, 4), (2, 1), "SAME", (2, 1)),
-        ((1, 9, 9, 2), (4, 4, 2, 3), (4, 4), "VALID", (1, 1)),  # patch embedding; a row and a column unused
-        ((1, 9, 9, 2), (3, 3, 2, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),  # uneven explicit pads
+        (*case, 1)
+        for case in [
+            ((2, 9, 7, 5), (3, 3, 5, 6), (1, 1), "SAME", (1, 1)),
+            ((1, 8, 8, 3), (1, 1, 3, 4), (1, 1), "SAME", (1, 1)),
+            ((2, 6, 10, 4), (5, 5, 4, 3), (1, 1), "SAME", (1, 1)),
+            ((2, 8, 8, 4), (2, 2, 4, 3), (1, 1), "SAME", (1, 1)),  # even kernel: XLA's "SAME" pads 0 before, 1 after
+            (
+                (2, 7, 9, 3),
+                (1, 3, 3, 4),
+                (1, 1),
+                "SAME",
+                (1, 1),
+            ),  # non-square kernels: rows and columns padded differently
+            ((1, 6, 5, 2), (3, 2, 2, 3), (1, 1), "SAME", (1, 1)),
+            ((1, 3, 4, 2), (5, 5, 2, 2), (1, 1), "SAME", (1, 1)),  # a kernel larger than the image
+            ((3, 16, 16, 32), (3, 3, 32, 16), (1, 1), "SAME", (1, 1)),
+            ((2, 9, 11, 5), (3, 3, 5, 6), (2, 2), ((1, 1), (1, 1)), (1, 1)),  # ResNet's stride-2 3x3, odd sizes
+            ((1, 15, 13, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3)), (1, 1)),  # ResNet's stem
+            ((2, 10, 10, 4), (1, 1, 4, 6), (2, 2), "VALID", (1, 1)),  # shortcut: the last row and column unused
+            ((2, 16, 16, 4), (3, 3, 4, 3), (1, 1), ((6, 6), (6, 6)), (6, 6)),  # DeepLab's dilated ASPP
+            ((1, 12, 12, 3), (3, 3, 3, 4), (2, 1), "SAME", (2, 1)),
+            ((1, 9, 9, 2), (4, 4, 2, 3), (4, 4), "VALID", (1, 1)),  # patch embedding; a row and a column unused
+            ((1, 9, 9, 2), (3, 3, 2, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),  # uneven explicit pads
+        ]
+    ]
+    + [
+        ((2, 9, 9, 6), (3, 3, 1, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), 6),  # depthwise (MiT's Mix-FFN)
+        ((1, 12, 12, 4), (7, 7, 1, 4), (1, 1), ((3, 3), (3, 3)), (1, 1), 4),  # ConvNeXt's 7x7
+        ((2, 9, 9, 6), (3, 3, 1, 12), (2, 2), ((1, 1), (1, 1)), (1, 1), 6),  # a channel multiplier, strided
+        ((2, 16, 16, 4), (3, 3, 1, 4), (1, 1), ((6, 6), (6, 6)), (6, 6), 4),  # DeepLab's separable ASPP
+        ((2, 10, 10, 8), (3, 3, 2, 8), (1, 1), ((2, 2), (2, 2)), (2, 2), 4),  # grouped (ResNeXt)
     ],
 )
-def test_values_and_gradients_match_xla(x_shape, k_shape, strides, padding, dilation):
+def test_values_and_gradients_match_xla(x_shape, k_shape, strides, padding, dilation, groups):
     def conv(convolve):
-        return lambda x, k: convolve(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC)
+        return lambda x, k: convolve(
+            x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC, feature_group_count=groups
+        )
 
     ours, reference = conv(onednn.conv_general_dilated), conv(jax.lax.conv_general_dilated)
     kx, kk, kw = jax.random.split(jax.random.key(0), 3)
@@ -127,7 +145,7 @@ def test_vmap_over_a_member_axis_matches_each_member():
 
 
 @needs_onednn
-def test_conv_general_dilated_covers_float32_ungrouped_convolutions():
+def test_conv_general_dilated_covers_float32_convolutions():
     x, k = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
 
     def route(x, k, strides=(1, 1), padding="SAME", **options):
@@ -137,11 +155,11 @@ def test_conv_general_dilated_covers_float32_ungrouped_convolutions():
     assert uses_ffi(lambda x, k: route(x, k, strides=(2, 2)), x, k)
     assert uses_ffi(lambda x, k: route(x, k, padding="VALID", rhs_dilation=(2, 2)), x, k)
     assert uses_ffi(lambda x, k: route(x, k, padding=((0, 2), (1, 1))), x, k)
+    assert uses_ffi(lambda x, k: route(x, k, feature_group_count=2), x, jnp.ones((3, 3, 2, 2)))
     kept = {  # what XLA keeps, it computes as lax does
         "bfloat16": (x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), {}),
         "negative pads": (x, k, {"padding": ((-1, 1), (1, 1))}),
         "transposed": (x, k, {"lhs_dilation": (2, 2), "padding": ((1, 1), (1, 1))}),
-        "grouped": (x, jnp.ones((3, 3, 2, 2)), {"feature_group_count": 2}),
         "empty output": (x, jnp.ones((9, 9, 4, 2)), {"padding": "VALID"}),
     }
     for name, (x_, k_, options) in kept.items():
@@ -181,7 +199,7 @@ def test_a_unet_gives_the_same_loss_and_gradients_on_onednn_and_on_xla():
 def test_bad_operands_are_an_error():
     with pytest.raises(ValueError, match="float32"):
         onednn.conv2d(jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
-    with pytest.raises(ValueError, match=r"kernel \[KH, KW, C, O\]"):
+    with pytest.raises(ValueError, match=r"kernel \[KH, KW, C / groups, O\]"):
         onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 5, 2)))
     with pytest.raises(ValueError, match=r"strides and dilation >= 1; got strides \(0, 1\)"):
         onednn.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), strides=(0, 1))
@@ -323,3 +341,15 @@ def test_cpu_routes_compute_depthwise_layers_as_shifts_and_xla_keeps_its_own(fre
     for name, shifted in (("xla", False), ("auto", True)):
         layer.conv_general_dilated = kernels.convolution(name)
         assert ("conv_general_dilated" not in str(jax.make_jaxpr(lambda x: layer(x))(x))) == shifted
+
+
+@needs_onednn
+def test_onednn_takes_float32_depthwise_layers_and_shifts_take_bfloat16_ones(fresh_choice):
+    graphs = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        layer = nnx.Conv(4, 4, (3, 3), feature_group_count=4, dtype=dtype, rngs=nnx.Rngs(0))
+        layer.conv_general_dilated = kernels.convolution("onednn")
+        graphs[dtype] = str(jax.make_jaxpr(lambda x, layer=layer: layer(x))(jnp.ones((1, 8, 8, 4))))
+    assert "ffi_call" in graphs[jnp.float32]
+    half = graphs[jnp.bfloat16]
+    assert "ffi_call" not in half and "conv_general_dilated" not in half

@@ -5,14 +5,16 @@ Every model convolves with `nnx.Conv`, whose `conv_general_dilated` defaults to
 the function a program's models are built with, from `config.kernels`:
 
 - "xla": XLA's own convolutions (the default of the models and of configs that name none);
-- "onednn": float32 ungrouped convolutions (any strides, dilation and padding) on oneDNN (`jaxseg.kernels.onednn`, built on
-  first use against a system oneDNN 2.x, e.g. Debian/Ubuntu `libdnnl-dev`); an error where it
-  cannot run: not the CPU backend, more than one device, or oneDNN missing;
+- "onednn": float32 convolutions (any strides, dilation, padding and groups) on oneDNN
+  (`jaxseg.kernels.onednn`, built on first use against a system oneDNN 2.x, e.g. Debian/Ubuntu
+  `libdnnl-dev`); an error where it cannot run: not the CPU backend, more than one device, or
+  oneDNN missing;
 - "auto": "onednn" where it can run, else "xla" with one log line saying why.
 
-On the CPU backend, "onednn" and "auto" also compute depthwise convolutions (every channel its
-own group) as shifted multiply-adds (`jaxseg.kernels.depthwise`): XLA's CPU grouped convolution
-is about 100x slower there, forward and backward. Other backends keep their own.
+On the CPU backend, "onednn" and "auto" compute the depthwise convolutions oneDNN does not take
+(bfloat16, or all of them where "auto" falls back to XLA) as shifted multiply-adds
+(`jaxseg.kernels.depthwise`): XLA's CPU grouped convolution is about 100x slower there, forward
+and backward. Other backends keep their own.
 
 The choice is made when the program is built (from the config, never from the environment at
 trace time) and changes speed, not the function computed (oneDNN sums in another order: results
@@ -66,12 +68,12 @@ def resolve(name: str) -> str:
 def convolution(name: str = "xla") -> Callable:
     """The `conv_general_dilated` for the models of a program with `config.kernels = name`."""
     convolve: Callable = lax.conv_general_dilated
-    if resolve(name) == "onednn":
-        from jaxseg.kernels import onednn
-
-        convolve = onednn.conv_general_dilated
     if name != "xla" and jax.default_backend() == "cpu":
         from jaxseg.kernels import depthwise
 
-        convolve = depthwise.routed(convolve)
+        convolve = depthwise.routed(convolve)  # the depthwise layers oneDNN does not take (bfloat16)
+    if resolve(name) == "onednn":
+        from jaxseg.kernels import onednn
+
+        convolve = onednn.routed(convolve)
     return convolve

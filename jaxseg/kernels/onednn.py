@@ -5,7 +5,7 @@ uses on the CPU; most of all the kernel gradients (per-layer figures: `benchmark
 docs/performance.md).
 
 `onednn_conv.cc` holds three FFI handlers (forward, input gradient, kernel gradient) for
-ungrouped float32 NHWC/HWIO 2-D convolutions of any strides, kernel dilation and explicit pads. It is compiled on first
+float32 NHWC/HWIO 2-D convolutions of any strides, kernel dilation, explicit pads and feature groups. It is compiled on first
 use with the system's C++ compiler (`CXX`, default `c++`) against the FFI headers that ship
 with jaxlib and the system's oneDNN 2.x (`libdnnl-dev` on Debian 12), into `$JAXSEG_CACHE_DIR`
 (default `~/.cache/jaxseg`), named by a hash of the source, the jaxlib version and the
@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -159,11 +159,12 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 class Geometry(NamedTuple):
     """A 2-D convolution's strides, explicit non-negative pads and kernel dilation (XLA's: 1 is
-    none), each per (rows, columns)."""
+    none), each per (rows, columns), and its feature groups (XLA's `feature_group_count`)."""
 
     strides: tuple[int, int] = (1, 1)
     pads: Pads = ((0, 0), (0, 0))
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     def attributes(self) -> dict[str, np.ndarray]:
         """The handlers' FFI attributes."""
@@ -174,6 +175,7 @@ class Geometry(NamedTuple):
             "dilation": as_array(self.dilation),
             "pad_before": as_array((top, left)),
             "pad_after": as_array((bottom, right)),
+            "groups": np.int64(self.groups),
         }
 
     def output_shape(self, x_shape, kernel_shape) -> tuple[int, ...]:
@@ -203,7 +205,7 @@ class Geometry(NamedTuple):
         return x[:, : min(reach[0], x.shape[1]), : min(reach[1], x.shape[2])], self._replace(pads=pads)
 
 
-def geometry_of(x_shape, kernel_shape, strides=None, padding="SAME", dilation=None) -> Geometry:
+def geometry_of(x_shape, kernel_shape, strides=None, padding="SAME", dilation=None, groups: int = 1) -> Geometry:
     """`Geometry` of `lax.conv_general_dilated`'s arguments ("SAME"/"VALID" sized as lax sizes
     them, over the dilated kernel)."""
     strides, dilation = tuple(strides or (1, 1)), tuple(dilation or (1, 1))
@@ -213,7 +215,7 @@ def geometry_of(x_shape, kernel_shape, strides=None, padding="SAME", dilation=No
         window = [(k - 1) * d + 1 for k, d in zip(kernel_shape[:2], dilation)]
         padding = lax.padtype_to_pads(x_shape[1:3], window, strides, padding)
     pads = tuple((int(before), int(after)) for before, after in padding)
-    return Geometry(tuple(map(int, strides)), pads, tuple(map(int, dilation)))  # type: ignore[arg-type]
+    return Geometry(tuple(map(int, strides)), pads, tuple(map(int, dilation)), int(groups))  # type: ignore[arg-type]
 
 
 def _call(name: str, shape, geometry: Geometry, *operands):
@@ -227,8 +229,12 @@ def _call(name: str, shape, geometry: Geometry, *operands):
 
 
 def _check(x, kernel, geometry: Geometry):
-    if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
-        raise ValueError(f"conv2d needs x [N, H, W, C] and kernel [KH, KW, C, O]; got {x.shape} and {kernel.shape}")
+    groups = geometry.groups
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2] * groups or kernel.shape[3] % groups:
+        raise ValueError(
+            f"conv2d needs x [N, H, W, C] and kernel [KH, KW, C / groups, O], O a multiple of groups ({groups});"
+            f" got {x.shape} and {kernel.shape}"
+        )
     if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
         raise ValueError(f"conv2d runs in float32; got {x.dtype} and {kernel.dtype}")
     valid = all(p >= 0 for pair in geometry.pads for p in pair) and all(
@@ -238,11 +244,13 @@ def _check(x, kernel, geometry: Geometry):
         raise ValueError(f"conv2d needs pads >= 0 and a non-empty output; got {geometry}")
 
 
-def conv2d(x, kernel, strides=(1, 1), padding="SAME", dilation=(1, 1)):
-    """Ungrouped float32 NHWC/HWIO 2-D convolution on oneDNN: `lax.conv_general_dilated(x,
-    kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))`,
-    `padding` being "SAME", "VALID" or explicit non-negative pads."""
-    geometry = geometry_of(x.shape, kernel.shape, strides, padding, dilation)
+def conv2d(x, kernel, strides=(1, 1), padding="SAME", dilation=(1, 1), groups: int = 1):
+    """float32 NHWC/HWIO 2-D convolution on oneDNN: `lax.conv_general_dilated(x, kernel, strides,
+    padding, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups)`, `padding` being "SAME", "VALID" or explicit non-negative pads."""
+    if groups < 1:
+        raise ValueError(f"conv2d needs groups >= 1; got {groups}")
+    geometry = geometry_of(x.shape, kernel.shape, strides, padding, dilation, groups)
     _check(x, kernel, geometry)
     return _conv2d(geometry, x, kernel)
 
@@ -276,55 +284,65 @@ def _non_negative(padding) -> bool:
     return isinstance(padding, str) or all(p >= 0 for pair in padding for p in pair)
 
 
-def conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count=1,
-    batch_group_count=1,
-    precision=None,
-    preferred_element_type=None,
-    **options,
-):
-    """`lax.conv_general_dilated` (the `conv_general_dilated` of `nnx.Conv`) with what `conv2d`
-    covers sent to oneDNN: float32 ungrouped NHWC 2-D convolutions of a non-empty batch, any
-    strides, kernel dilation and "SAME", "VALID" or non-negative explicit padding. The rest
-    (bfloat16, grouped, input-dilated i.e. transposed, negative pads, with an output sharding)
-    is XLA's; `options` (e.g. `out_sharding`) pass through to it."""
-    covered = (
-        lhs.ndim == 4
-        and rhs.ndim == 4
-        and is_nhwc(dimension_numbers)
-        and _non_negative(padding)
-        and _ones(lhs_dilation)
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and lhs.dtype == jnp.float32
-        and rhs.dtype == jnp.float32
-        and lhs.size > 0
-        and preferred_element_type in (None, jnp.float32)
-        and options.get("out_sharding") is None
-    )
-    if covered:
-        geometry = geometry_of(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
-        covered = all(size >= 1 for size in geometry.output_shape(lhs.shape, rhs.shape)[1:3])
-    if covered:
-        return conv2d(lhs, rhs, window_strides, padding, rhs_dilation)
-    return lax.conv_general_dilated(
+def routed(fallback: Callable) -> Callable:
+    """`lax.conv_general_dilated`'s signature, with what `conv2d` covers sent to oneDNN: float32
+    NHWC 2-D convolutions of a non-empty batch, any strides, kernel dilation, feature groups and
+    "SAME", "VALID" or non-negative explicit padding. The rest (bfloat16, input-dilated i.e.
+    transposed, batch-grouped, negative pads, with an output sharding) goes to `fallback`, with
+    `options` (e.g. `out_sharding`)."""
+
+    def conv_general_dilated(
         lhs,
         rhs,
         window_strides,
         padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
-        precision,
-        preferred_element_type,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        batch_group_count=1,
+        precision=None,
+        preferred_element_type=None,
         **options,
-    )
+    ):
+        covered = (
+            lhs.ndim == 4
+            and rhs.ndim == 4
+            and is_nhwc(dimension_numbers)
+            and _non_negative(padding)
+            and _ones(lhs_dilation)
+            and feature_group_count >= 1
+            and lhs.shape[3] == rhs.shape[2] * feature_group_count
+            and rhs.shape[3] % feature_group_count == 0
+            and batch_group_count == 1
+            and lhs.dtype == jnp.float32
+            and rhs.dtype == jnp.float32
+            and lhs.size > 0
+            and preferred_element_type in (None, jnp.float32)
+            and options.get("out_sharding") is None
+        )
+        if covered:
+            geometry = geometry_of(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
+            covered = all(size >= 1 for size in geometry.output_shape(lhs.shape, rhs.shape)[1:3])
+        if covered:
+            return conv2d(lhs, rhs, window_strides, padding, rhs_dilation, feature_group_count)
+        return fallback(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+            **options,
+        )
+
+    return conv_general_dilated
+
+
+# `nnx.Conv`'s `conv_general_dilated` with oneDNN where it covers the convolution, else XLA's.
+conv_general_dilated = routed(lax.conv_general_dilated)

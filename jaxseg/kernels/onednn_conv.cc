@@ -1,7 +1,8 @@
 // oneDNN convolutions as XLA FFI handlers for the CPU backend (built and loaded by
 // jaxseg/kernels/onednn.py).
 //
-// All three take NHWC activations and HWIO kernels in float32, no groups, and the geometry as
+// All three take NHWC activations and HWIO kernels in float32 (grouped as XLA groups them:
+// `groups` attribute, kernel [kh, kw, c / groups, o]), and the geometry as
 // attributes of two values each (rows, columns): `strides`, `dilation` (XLA's: 1 is none),
 // `pad_before` and `pad_after` (explicit, non-negative; the caller turns "SAME" into pads as
 // lax does). oneDNN picks its own weight layout (`format_tag::any`); weights are reordered from
@@ -40,6 +41,7 @@ dnnl::stream& Stream() {
 // The convolution's geometry, as the FFI attributes carry it.
 struct Geometry {
   Span strides, dilation, pad_before, pad_after;
+  int64_t groups;
 };
 
 // The output size along one axis, as XLA computes it (floor division).
@@ -56,12 +58,22 @@ struct Problem {
   Problem(Span x, Span kernel, Span y, const Geometry& g)
       : src({x[0], x[3], x[1], x[2]}, Type::f32, Tag::nhwc),
         dst({y[0], y[3], y[1], y[2]}, Type::f32, Tag::nhwc),
-        weights_hwio({kernel[3], kernel[2], kernel[0], kernel[1]}, Type::f32, Tag::hwio),
-        weights_any({kernel[3], kernel[2], kernel[0], kernel[1]}, Type::f32, Tag::any),
+        weights_hwio(Weights(kernel, g.groups)),
+        weights_any(Weights(kernel, g.groups).dims(), Type::f32, Tag::any),
         strides({g.strides[0], g.strides[1]}),
         dilates({g.dilation[0] - 1, g.dilation[1] - 1}),  // oneDNN counts the gaps: 0 is none
         pad_before({g.pad_before[0], g.pad_before[1]}),
         pad_after({ExactPadAfter(x[1], kernel[0], y[1], g, 0), ExactPadAfter(x[2], kernel[1], y[2], g, 1)}) {}
+
+  // The HWIO kernel [kh, kw, c / groups, o] as oneDNN's weights: OIHW, or with groups GOIHW,
+  // output channel o in group o / (o_total / groups) as XLA counts them (strides of HWIGO).
+  static memory::desc Weights(Span kernel, int64_t groups) {
+    int64_t kh = kernel[0], kw = kernel[1], in = kernel[2], out = kernel[3];
+    if (groups == 1) return memory::desc({out, in, kh, kw}, Type::f32, Tag::hwio);
+    int64_t per_group = out / groups;
+    return memory::desc({groups, per_group, in, kh, kw}, Type::f32,
+                        memory::dims{per_group, 1, out, kw * in * out, in * out});
+  }
 
   // The trailing pad that the output's last window reaches: XLA drops what lies beyond it
   // (floor division), oneDNN wants it said, as a negative pad where input rows go unused (its
@@ -97,7 +109,8 @@ ffi::Error CheckShapes(Span x, Span kernel, Span y,
                        const Geometry& g) {
   bool attributes = g.strides.size() == 2 && g.dilation.size() == 2 && g.pad_before.size() == 2 &&
                     g.pad_after.size() == 2;
-  bool fits = attributes && kernel[2] == x[3] && y[0] == x[0] && y[3] == kernel[3];
+  bool fits = attributes && g.groups >= 1 && kernel[2] * g.groups == x[3] && kernel[3] % g.groups == 0 &&
+              y[0] == x[0] && y[3] == kernel[3];
   for (int axis = 0; fits && axis < 2; ++axis) {
     fits = g.strides[axis] >= 1 && g.dilation[axis] >= 1 && g.pad_before[axis] >= 0 && g.pad_after[axis] >= 0 &&
            y[axis + 1] == OutputSize(x[axis + 1], kernel[axis], g.strides[axis], g.dilation[axis],
@@ -105,7 +118,8 @@ ffi::Error CheckShapes(Span x, Span kernel, Span y,
   }
   if (fits) return ffi::Error::Success();
   std::string geometry = attributes ? ", strides " + Shape(g.strides) + ", dilation " + Shape(g.dilation) +
-                                          ", pads " + Shape(g.pad_before) + " before, " + Shape(g.pad_after) + " after"
+                                          ", pads " + Shape(g.pad_before) + " before, " + Shape(g.pad_after) + " after, " +
+                                          std::to_string(g.groups) + " groups"
                                     : ", attributes of 2 values expected";
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, "oneDNN convolution: shapes do not fit: x " + Shape(x) +
                                                           ", kernel " + Shape(kernel) + ", output " + Shape(y) +
@@ -128,8 +142,8 @@ ffi::Error Guarded(Span x, Span kernel, Span y,
 }
 
 ffi::Error Forward(ffi::BufferR4<ffi::F32> x, ffi::BufferR4<ffi::F32> kernel, ffi::ResultBufferR4<ffi::F32> y,
-                   Span strides, Span dilation, Span pad_before, Span pad_after) {
-  Geometry g{strides, dilation, pad_before, pad_after};
+                   Span strides, Span dilation, Span pad_before, Span pad_after, int64_t groups) {
+  Geometry g{strides, dilation, pad_before, pad_after, groups};
   return Guarded(x.dimensions(), kernel.dimensions(), y->dimensions(), g, [&](const Problem& p) {
     auto pd = p.Forward();
     memory xm(p.src, Engine(), x.typed_data()), ym(p.dst, Engine(), y->typed_data()),
@@ -141,8 +155,8 @@ ffi::Error Forward(ffi::BufferR4<ffi::F32> x, ffi::BufferR4<ffi::F32> kernel, ff
 }
 
 ffi::Error BackwardData(ffi::BufferR4<ffi::F32> dy, ffi::BufferR4<ffi::F32> kernel, ffi::ResultBufferR4<ffi::F32> dx,
-                        Span strides, Span dilation, Span pad_before, Span pad_after) {
-  Geometry g{strides, dilation, pad_before, pad_after};
+                        Span strides, Span dilation, Span pad_before, Span pad_after, int64_t groups) {
+  Geometry g{strides, dilation, pad_before, pad_after, groups};
   return Guarded(dx->dimensions(), kernel.dimensions(), dy.dimensions(), g, [&](const Problem& p) {
     dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, p.src, p.weights_any, p.dst,
                                                p.strides, p.dilates, p.pad_before, p.pad_after);
@@ -157,8 +171,8 @@ ffi::Error BackwardData(ffi::BufferR4<ffi::F32> dy, ffi::BufferR4<ffi::F32> kern
 }
 
 ffi::Error BackwardWeights(ffi::BufferR4<ffi::F32> x, ffi::BufferR4<ffi::F32> dy, ffi::ResultBufferR4<ffi::F32> dk,
-                           Span strides, Span dilation, Span pad_before, Span pad_after) {
-  Geometry g{strides, dilation, pad_before, pad_after};
+                           Span strides, Span dilation, Span pad_before, Span pad_after, int64_t groups) {
+  Geometry g{strides, dilation, pad_before, pad_after, groups};
   return Guarded(x.dimensions(), dk->dimensions(), dy.dimensions(), g, [&](const Problem& p) {
     dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, p.src, p.weights_any, p.dst,
                                                   p.strides, p.dilates, p.pad_before, p.pad_after);
@@ -184,7 +198,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegOneDnnConvForward, Forward,
                                   .Attr<Span>("strides")
                                   .Attr<Span>("dilation")
                                   .Attr<Span>("pad_before")
-                                  .Attr<Span>("pad_after"));
+                                  .Attr<Span>("pad_after")
+                                  .Attr<int64_t>("groups"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegOneDnnConvBackwardData, BackwardData,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::BufferR4<ffi::F32>>()
@@ -193,7 +208,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegOneDnnConvBackwardData, BackwardData,
                                   .Attr<Span>("strides")
                                   .Attr<Span>("dilation")
                                   .Attr<Span>("pad_before")
-                                  .Attr<Span>("pad_after"));
+                                  .Attr<Span>("pad_after")
+                                  .Attr<int64_t>("groups"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegOneDnnConvBackwardWeights, BackwardWeights,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::BufferR4<ffi::F32>>()
@@ -202,4 +218,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegOneDnnConvBackwardWeights, BackwardWeights,
                                   .Attr<Span>("strides")
                                   .Attr<Span>("dilation")
                                   .Attr<Span>("pad_before")
-                                  .Attr<Span>("pad_after"));
+                                  .Attr<Span>("pad_after")
+                                  .Attr<int64_t>("groups"));
