@@ -166,7 +166,7 @@ class Geometry(NamedTuple):
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
 
-    def attributes(self) -> dict[str, np.ndarray]:
+    def attributes(self) -> dict[str, np.ndarray | np.int64]:
         """The handlers' FFI attributes."""
         (top, bottom), (left, right) = self.pads
         as_array = lambda values: np.asarray(values, np.int64)  # noqa: E731
